@@ -1,0 +1,5 @@
+import sys
+
+from medslim.cli import main
+
+sys.exit(main())

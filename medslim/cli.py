@@ -1,0 +1,188 @@
+"""The ``medslim`` command. Only argparse is imported up front so ``--help`` is instant;
+each command imports what it needs when it runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXAMPLES = {
+    "train": "medslim train kvasir-unet --data ../shared/data -o train.epochs=5 --name my-run",
+    "evaluate": "medslim evaluate runs/my-run --split test",
+    "cost": "medslim cost runs/my-run --threads 1 2",
+    "export": "medslim export runs/my-run --output my-run.onnx",
+    "data": "medslim data list   |   medslim data fetch hippocampus",
+    "demo": "medslim demo",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medslim",
+        description="Make medical-imaging CNNs small and fast, and measure the trade-off.",
+        epilog="examples:\n" + "\n".join(f"  {v}" for v in EXAMPLES.values()),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = _sub(sub, "train", "train a model from a YAML config (a path or a built-in name)")
+    p.add_argument("config", help="YAML file, or a built-in: kvasir-unet, kvasir-demo, "
+                                  "hippocampus-unet, pneumoniamnist-vgg")
+    p.add_argument("-o", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. -o train.epochs=5 -o data.size=[64,64]")
+    p.add_argument("--name", help="run name (folder under the output folder)")
+    p.add_argument("--output", help="folder for runs (default: runs)")
+    p.add_argument("--data", help="dataset folder, or a folder that contains it")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run of this --name")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing run of this name once the new one succeeds")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+
+    p = _sub(sub, "evaluate", "evaluate a finished run on its saved split")
+    p.add_argument("run", type=Path)
+    p.add_argument("--split", default="test", choices=["val", "test"])
+    p.add_argument("--data", help="dataset folder, if it moved since training")
+
+    p = _sub(sub, "cost", "parameters, FLOPs, latency (PyTorch, ONNX Runtime) and memory of a model")
+    p.add_argument("model", type=Path, help="run folder or model folder")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--no-onnx", action="store_true", help="skip ONNX export and ONNX Runtime timing")
+    p.add_argument("--input-shape", type=int, nargs="+", help="e.g. 1 3 128 128 (default: recorded)")
+
+    p = _sub(sub, "export", "export a model to ONNX, checked against PyTorch")
+    p.add_argument("model", type=Path, help="run folder or model folder")
+    p.add_argument("--output", type=Path, required=True, help="the .onnx file to write")
+    p.add_argument("--input-shape", type=int, nargs="+")
+
+    p = _sub(sub, "data", "list known datasets or download one")
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    q = dsub.add_parser("list", help="where each dataset is found")
+    q.add_argument("--data", help="an extra folder to look in")
+    q = dsub.add_parser("fetch", help="download an official archive, check it, unpack it to the cache")
+    q.add_argument("name")
+    q.add_argument("--cache", type=Path, help="cache folder (default: $MEDSLIM_CACHE or ~/.cache/medslim/data)")
+    q.add_argument("--url", help="a mirror of the official archive")
+    q.add_argument("--checksum", help="expected checksum, e.g. md5:... or sha256:...")
+    q.add_argument("--force", action="store_true", help="download again even if cached")
+
+    p = _sub(sub, "demo", "train, evaluate and measure a small U-Net on Kvasir-SEG (under 10 min on 2 CPU cores)")
+    p.add_argument("--data", help="dataset folder, or a folder that contains kvasir-seg/")
+    p.add_argument("--output", default="runs")
+    p.add_argument("--epochs", type=int, help="override the demo's epoch count")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 0
+    from medslim.errors import MedslimError
+
+    try:
+        return COMMANDS[args.command](args) or 0
+    except MedslimError as err:
+        print(f"medslim: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except FloatingPointError as err:
+        print(f"medslim: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("medslim: interrupted", file=sys.stderr)
+        return 130
+
+
+def cmd_train(args) -> int:
+    from medslim.config import load_config
+    from medslim.jobs import train_run
+
+    cfg = load_config(args.config, args.overrides)
+    if args.name:
+        cfg["name"] = args.name
+    if args.output:
+        cfg["output"] = args.output
+    if args.resume and not cfg.get("name"):
+        from medslim.errors import ConfigError
+
+        raise ConfigError("--resume needs the --name of the run to continue")
+    run = train_run(cfg, data_path=args.data, resume=args.resume, overwrite=args.overwrite,
+                    progress=not args.quiet)
+    _print_results(json.loads((run / "results.json").read_text())["test"], f"test metrics ({run})")
+    print(f"run folder: {run}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from medslim.jobs import evaluate_run
+
+    metrics = evaluate_run(args.run, args.split, args.data)
+    _print_results(metrics, f"{args.split} metrics ({args.run})")
+    return 0
+
+
+def cmd_cost(args) -> int:
+    from medslim.jobs import cost_run
+
+    report = cost_run(args.model, args.threads, args.repeats, not args.no_onnx, args.input_shape)
+    _print_results(report, f"cost of {args.model}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from medslim.jobs import export_run
+
+    info = export_run(args.model, args.output, args.input_shape)
+    print(f"wrote {info['path']} (max |ONNX - PyTorch| = {info['max_abs_diff']:.2e})")
+    return 0
+
+
+def cmd_data(args) -> int:
+    if args.data_command == "list":
+        from medslim.data.locate import list_datasets
+
+        for d in list_datasets(args.data):
+            where = d.get("path") or "not found (medslim data fetch " + d["name"] + ")"
+            print(f"{d['name']:16s} {d['task']:16s} {where}")
+        return 0
+    from medslim.data.fetch import fetch
+
+    path = fetch(args.name, cache=args.cache, url=args.url, checksum=args.checksum, force=args.force)
+    print(f"{args.name} is ready at {path}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from medslim.demo import run_demo
+
+    run_demo(data=args.data, output=args.output, epochs=args.epochs)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "cost": cmd_cost, "export": cmd_export,
+            "data": cmd_data, "demo": cmd_demo}
+
+
+def _sub(sub, name: str, help_text: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help_text, description=help_text,
+                          epilog=f"example:\n  {EXAMPLES[name]}",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _print_results(results: dict, title: str) -> None:
+    from medslim.report_text import print_table
+
+    print_table(results, title)
+
+
+def _version() -> str:
+    from medslim import __version__
+
+    return f"medslim {__version__}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""What the CLI commands do, as functions: train, evaluate, cost, export.
+
+Each reads its inputs, does its work in a temporary place and writes its
+results atomically, so a failure leaves earlier results untouched.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from medslim._io import atomic_path, write_json, write_text
+from medslim.errors import ConfigError, MedslimError
+
+CHANNEL_ARGS = ("in_channels", "n_input_channels")
+CLASS_ARGS = ("out_channels", "num_classes")
+
+
+def fill_model_spec(model_cfg: dict, info) -> dict:
+    """Complete a model spec from the data: dimensions, channels and classes."""
+    from medslim.models import _resolve
+
+    spec = copy.deepcopy(model_cfg)
+    params = inspect.signature(_resolve(spec["name"])).parameters
+    if "spatial_dims" in params:
+        spec.setdefault("spatial_dims", info.spatial_dims)
+    for names, value, what in ((CHANNEL_ARGS, info.in_channels, "image channels"),
+                               (CLASS_ARGS, info.num_classes, "classes")):
+        key = next((n for n in names if n in params), None)
+        if key is None:
+            continue
+        if key in spec and spec[key] != value:
+            raise ConfigError(f"model.{key}={spec[key]} does not fit the data, which has "
+                              f"{value} {what}; remove model.{key} or set it to {value}")
+        spec[key] = value
+    if spec.get("spatial_dims", info.spatial_dims) != info.spatial_dims:
+        raise ConfigError(f"model.spatial_dims={spec['spatial_dims']} but the data is "
+                          f"{info.spatial_dims}D")
+    return spec
+
+
+def load_data(cfg: dict, data_path: str | None = None, split: dict | None = None):
+    from medslim.data import build_data
+    from medslim.data.locate import find_dataset
+
+    data_cfg = dict(cfg["data"])
+    path = data_path or data_cfg.pop("path", None)
+    data_cfg.pop("path", None)
+    root = find_dataset(data_cfg["dataset"], path)
+    return build_data(data_cfg, root, split=split), root
+
+
+def train_run(cfg: dict, data_path: str | None = None, resume: bool = False,
+              overwrite: bool = False, progress: bool = True) -> Path:
+    """Train a model as ``cfg`` says; return the finished run folder."""
+    from medslim.artifacts import save
+    from medslim.data.splits import load_split, save_split
+    from medslim.models import build_model
+    from medslim.progress import training_progress
+    from medslim.runs import RunDir, default_name
+    from medslim.training.loop import fit, seed_everything
+
+    cfg["name"] = cfg.get("name") or default_name(cfg)
+    run = RunDir(cfg["output"], cfg["name"])
+    work = run.begin(resume=resume, overwrite=overwrite)
+    callback, close = training_progress(cfg["name"], progress)
+    try:
+        if resume:
+            cfg = _resume_config(work, cfg)
+        split = load_split(work / "split.json") if resume else None
+        data, root = load_data(cfg, data_path, split)
+        save_split(data.split, work / "split.json")
+        write_config(work / "config.yaml", cfg)
+        seed_everything(cfg["seed"], cfg["train"]["deterministic"])  # initial weights too
+        model = build_model(fill_model_spec(cfg["model"], data.info))
+        result = fit(model, data, cfg, work, resume=resume, progress=callback)
+        close()
+        test = _evaluate(model, data, cfg, "test")
+        results = {"dataset": cfg["data"]["dataset"], "data_root": str(root),
+                   "best_epoch": result.best_epoch, "best_val_score": result.best_score,
+                   "epochs": result.epochs_run, "train_seconds": result.train_seconds,
+                   "test": test}
+        save(model, work, extra=_manifest_extra(cfg, data.info))
+        write_json(work / "results.json", results)
+    except BaseException:
+        close()
+        kept = run.abandon()
+        if kept:
+            import sys
+
+            print(f"medslim: the unfinished run is kept in {run.work}; continue it with "
+                  f"--resume --name {cfg['name']}", file=sys.stderr)
+        raise
+    return run.commit()
+
+
+def evaluate_run(run: Path, split: str = "test", data_path: str | None = None) -> dict:
+    """Re-evaluate a finished run on its saved split; writes ``evaluation-<split>.json``."""
+    from medslim.artifacts import load
+    from medslim.data.splits import load_split
+
+    cfg = read_run_config(run)
+    model = load(run)
+    data, _ = load_data(cfg, data_path, load_split(run / "split.json"))
+    metrics = _evaluate(model, data, cfg, split)
+    write_json(run / f"evaluation-{split}.json", metrics)
+    return metrics
+
+
+def cost_run(target: Path, threads=(1, 2), repeats: int = 20, onnx: bool = True,
+             input_shape: list[int] | None = None) -> dict:
+    """Parameters, FLOPs, latency and memory of a run's model; writes ``cost.json``."""
+    import torch
+
+    from medslim.artifacts import load
+    from medslim.cost import measure
+
+    model = load(target)
+    shape = input_shape or model.medslim_manifest.get("extra", {}).get("input_shape")
+    if not shape:
+        raise ConfigError(f"{target} does not record its input shape; pass --input-shape, "
+                          "e.g. --input-shape 1 3 128 128")
+    example = torch.randn(*shape)
+    report = measure(model, example, threads=tuple(threads), onnx=onnx, repeats=repeats,
+                     workdir=target if target.is_dir() else None)
+    if target.is_dir():
+        write_json(target / "cost.json", report)
+    return report
+
+
+def export_run(target: Path, output: Path, input_shape: list[int] | None = None) -> dict:
+    """Export a run's model to ONNX, checked against PyTorch."""
+    import torch
+
+    from medslim.artifacts import load
+    from medslim.cost import export_onnx
+
+    model = load(target)
+    shape = input_shape or model.medslim_manifest.get("extra", {}).get("input_shape")
+    if not shape:
+        raise ConfigError(f"{target} does not record its input shape; pass --input-shape")
+    return export_onnx(model, torch.randn(*shape), output)
+
+
+def read_run_config(run: Path) -> dict:
+    from medslim.config import read_yaml
+
+    if not (run / "config.yaml").exists():
+        raise ConfigError(f"{run} is not a medslim run folder (no config.yaml)")
+    return read_yaml(run / "config.yaml")
+
+
+def write_config(path: Path, cfg: dict) -> None:
+    import yaml
+
+    write_text(path, yaml.safe_dump(cfg, sort_keys=False))
+
+
+def _resume_config(work: Path, cfg: dict) -> dict:
+    # the saved config wins: a resumed run must train exactly as it started
+    saved = read_run_config(work)
+    saved["name"] = cfg["name"]
+    return saved
+
+
+def _evaluate(model, data, cfg: dict, split: str) -> dict:
+    from medslim.training.evaluate import evaluate_classification, evaluate_segmentation
+
+    items = getattr(data, split, None)
+    if items is None:
+        raise ConfigError(f"unknown split {split!r}; choose val or test")
+    info = data.info
+    if info.task == "classification":
+        return evaluate_classification(model, items, info.num_classes, cfg["eval"]["batch_size"])
+    return evaluate_segmentation(model, items, info.num_classes, info.class_names,
+                                 patch_size=info.input_size, overlap=cfg["eval"]["overlap"],
+                                 hd95=cfg["eval"]["hd95"], batch_size=cfg["eval"]["batch_size"])
+
+
+def _manifest_extra(cfg: dict, info) -> dict[str, Any]:
+    return {"task": info.to_dict(), "dataset": cfg["data"]["dataset"],
+            "input_shape": [1, info.in_channels, *info.input_size]}

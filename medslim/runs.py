@@ -1,0 +1,65 @@
+"""Run folders: ``runs/<name>/`` appears only when a command has finished.
+
+Work happens in ``runs/.<name>.partial/``; the finished folder is moved into
+place at the end, replacing an older run of the same name only when the user
+asked for it. A run stopped mid-training keeps its partial folder (with its
+checkpoint) so ``--resume`` can continue it; a run that failed before its
+first checkpoint leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from pathlib import Path
+
+from medslim._io import replace_dir
+from medslim.errors import ConfigError
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def default_name(cfg: dict) -> str:
+    return f"{cfg['data']['dataset']}-{cfg['model']['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+class RunDir:
+    def __init__(self, output: str | Path, name: str):
+        if not NAME.match(name):
+            raise ConfigError(f"run name {name!r} may hold only letters, digits, '.', '_' and '-'")
+        self.final = Path(output) / name
+        self.work = Path(output) / f".{name}.partial"
+
+    def begin(self, resume: bool = False, overwrite: bool = False) -> Path:
+        """Prepare the work folder; refuse before any work if the run exists."""
+        if resume:
+            if not (self.work / "checkpoint").exists():
+                where = f"; {self.final} is already complete" if self.final.exists() else ""
+                raise ConfigError(f"nothing to resume: no checkpoint in {self.work}{where}")
+            return self.work
+        if self.final.exists() and not overwrite:
+            raise ConfigError(f"run folder {self.final} already exists; pass --overwrite to "
+                              "replace it when the new run succeeds, or choose another --name")
+        if self.work.exists():
+            shutil.rmtree(self.work)  # a stale partial run the user chose not to resume
+        self.work.mkdir(parents=True)
+        return self.work
+
+    def commit(self) -> Path:
+        replace_dir(self.work, self.final)
+        return self.final
+
+    def abandon(self) -> bool:
+        """Remove the work folder unless it holds a checkpoint; True if kept."""
+        if (self.work / "checkpoint").exists():
+            return True
+        shutil.rmtree(self.work, ignore_errors=True)
+        return False
+
+
+def stage_in_run(run: Path, filename: str) -> Path:
+    """Where a command that adds a file to a finished run writes it (atomically)."""
+    if not run.is_dir():
+        raise ConfigError(f"run folder {run} does not exist")
+    return run / filename

@@ -1,0 +1,178 @@
+"""One training loop for segmentation and classification.
+
+Seeded and deterministic on CPU: every epoch reseeds the augmentation and the
+shuffling from (seed, epoch), so a run resumed after a kill at epoch k sees the
+same batches as one that was never interrupted. A checkpoint is written after
+every epoch; the best validation weights are kept separately.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from medslim._io import append_jsonl
+from medslim.artifacts import load_tensors, save_tensors
+from medslim.training.checkpoint import load_checkpoint, save_checkpoint
+from medslim.training.evaluate import evaluate_classification, evaluate_segmentation
+from medslim.training.losses import make_loss
+
+CHECKPOINT = "checkpoint"
+BEST = "best.safetensors"
+METRICS = "metrics.jsonl"
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_score: float
+    epochs_run: int
+    train_seconds: float
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def make_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg["optimizer"] == "sgd":
+        return torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"], nesterov=True,
+                               weight_decay=cfg["weight_decay"])
+    cls = torch.optim.AdamW if cfg["optimizer"] == "adamw" else torch.optim.Adam
+    return cls(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+
+
+def learning_rate(cfg: dict, epoch: int) -> float:
+    """The rate for ``epoch`` (0-based): poly as in nnU-Net, cosine, or constant."""
+    frac = epoch / cfg["epochs"]
+    if cfg["lr_schedule"] == "poly":
+        return cfg["lr"] * (1 - frac) ** cfg["poly_exponent"]
+    if cfg["lr_schedule"] == "cosine":
+        return cfg["lr"] * 0.5 * (1 + math.cos(math.pi * frac))
+    return cfg["lr"]
+
+
+def validate(model: nn.Module, data, cfg: dict, hd95: bool = False) -> dict:
+    info = data.info
+    if info.task == "classification":
+        return evaluate_classification(model, data.val, info.num_classes, cfg["eval"]["batch_size"])
+    return evaluate_segmentation(model, data.val, info.num_classes, info.class_names,
+                                 patch_size=info.input_size, overlap=cfg["eval"]["overlap"],
+                                 hd95=hd95, batch_size=cfg["eval"]["batch_size"])
+
+
+def score_of(metrics: dict) -> float:
+    """The number that picks the best epoch: mean foreground Dice, or AUC."""
+    return metrics["dice"] if "dice" in metrics else metrics["auc"]
+
+
+def fit(model: nn.Module, data, cfg: dict, workdir: Path, resume: bool = False,
+        progress: Callable[[dict], None] | None = None) -> FitResult:
+    """Train ``model`` in place; leaves the best weights loaded into it."""
+    tcfg = cfg["train"]
+    if tcfg["threads"]:
+        torch.set_num_threads(int(tcfg["threads"]))
+    seed_everything(cfg["seed"], tcfg["deterministic"])
+    optimizer = make_optimizer(model, tcfg)
+    loss_fn = make_loss(data.info.task, tcfg["loss"])
+    state = {"epoch": 0, "best_score": -math.inf, "best_epoch": -1, "train_seconds": 0.0}
+    if resume and (workdir / CHECKPOINT).exists():
+        state = load_checkpoint(workdir / CHECKPOINT, model, optimizer)
+        _drop_metrics_after(workdir / METRICS, state["epoch"])
+    for epoch in range(state["epoch"], tcfg["epochs"]):
+        start = time.perf_counter()
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(tcfg, epoch)
+        train_loss = _train_epoch(model, data, loss_fn, optimizer, cfg, epoch, progress)
+        record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss,
+                                  "lr": optimizer.param_groups[0]["lr"]}
+        if (epoch + 1) % tcfg["val_every"] == 0 or epoch + 1 == tcfg["epochs"]:
+            val = validate(model, data, cfg)
+            record["val"] = val
+            if score_of(val) > state["best_score"]:
+                state["best_score"], state["best_epoch"] = score_of(val), epoch + 1
+                save_tensors(workdir / BEST, model.state_dict())
+        state["train_seconds"] += time.perf_counter() - start
+        state["epoch"] = epoch + 1
+        record["epoch_seconds"] = time.perf_counter() - start
+        # metrics first, then the checkpoint: a resume drops lines past the checkpoint
+        append_jsonl(workdir / METRICS, record)
+        save_checkpoint(workdir / CHECKPOINT, model, optimizer, state)
+        if progress:
+            progress({"event": "epoch", **record, "epochs": tcfg["epochs"]})
+    if (workdir / BEST).exists():
+        model.load_state_dict(load_tensors(workdir / BEST))
+    return FitResult(state["best_epoch"], state["best_score"], state["epoch"], state["train_seconds"])
+
+
+def _train_epoch(model, data, loss_fn, optimizer, cfg, epoch, progress) -> float:
+    tcfg = cfg["train"]
+    epoch_seed = cfg["seed"] * 100_003 + epoch
+    data.train.reseed(epoch_seed)
+    torch.manual_seed(epoch_seed)
+    loader = _loader(data.train, tcfg, epoch_seed)
+    model.train()
+    total, count = 0.0, 0
+    steps = tcfg["iterations_per_epoch"] or len(loader)
+    batches = iter(loader)
+    for step in range(steps):
+        try:
+            batch = next(batches)
+        except StopIteration:  # iterations_per_epoch longer than one pass
+            batches = iter(loader)
+            batch = next(batches)
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(batch["image"]), batch["label"])
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"the training loss became {loss.item()} at epoch {epoch + 1}, "
+                                     f"step {step + 1}; try a lower train.lr")
+        loss.backward()
+        optimizer.step()
+        total += loss.item()
+        count += 1
+        if progress:
+            progress({"event": "step", "epoch": epoch + 1, "step": step + 1, "steps": steps,
+                      "loss": total / count})
+    return total / max(count, 1)
+
+
+def _loader(dataset, tcfg: dict, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    drop_last = len(dataset) > tcfg["batch_size"]  # a batch of 1 breaks batch norm
+    return torch.utils.data.DataLoader(dataset, batch_size=tcfg["batch_size"], shuffle=True,
+                                       generator=gen, num_workers=0, drop_last=drop_last,
+                                       collate_fn=_collate)
+
+
+def _collate(items: list[dict]) -> dict:
+    return {"image": torch.stack([it["image"] for it in items]),
+            "label": torch.stack([it["label"] for it in items]),
+            "id": [it["id"] for it in items]}
+
+
+def _drop_metrics_after(path: Path, epoch: int) -> None:
+    """Keep only metric lines of epochs the checkpoint covers (a kill can fall between)."""
+    if not path.exists():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    kept = [ln for ln in lines if json.loads(ln).get("epoch", 0) <= epoch]
+    if len(kept) != len(lines):
+        from medslim._io import write_text
+
+        write_text(path, "".join(ln + "\n" for ln in kept))

@@ -1,0 +1,67 @@
+import pytest
+
+from medslim._io import atomic_dir, atomic_path, write_json
+from medslim.errors import ConfigError
+from medslim.runs import RunDir
+
+
+def test_run_appears_only_when_committed(tmp_path):
+    run = RunDir(tmp_path, "r1")
+    work = run.begin()
+    (work / "x.txt").write_text("1")
+    assert not run.final.exists()
+    assert run.commit().joinpath("x.txt").read_text() == "1"
+    assert not run.work.exists()
+
+
+def test_existing_run_is_refused_before_any_work(tmp_path):
+    (tmp_path / "r1").mkdir()
+    with pytest.raises(ConfigError, match="already exists.*--overwrite"):
+        RunDir(tmp_path, "r1").begin()
+
+
+def test_overwrite_replaces_only_on_commit(tmp_path):
+    (tmp_path / "r1").mkdir()
+    (tmp_path / "r1" / "old.txt").write_text("old")
+    run = RunDir(tmp_path, "r1")
+    run.begin(overwrite=True)
+    assert (tmp_path / "r1" / "old.txt").exists()  # still there while the new run works
+    run.abandon()
+    assert (tmp_path / "r1" / "old.txt").exists()  # a failed run never touches it
+    run.begin(overwrite=True)
+    (run.work / "new.txt").write_text("new")
+    run.commit()
+    assert sorted(p.name for p in (tmp_path / "r1").iterdir()) == ["new.txt"]
+
+
+def test_abandon_keeps_resumable_work(tmp_path):
+    run = RunDir(tmp_path, "r1")
+    run.begin()
+    assert run.abandon() is False and not run.work.exists()
+    run.begin()
+    (run.work / "checkpoint").mkdir()
+    assert run.abandon() is True and run.work.exists()
+    assert RunDir(tmp_path, "r1").begin(resume=True) == run.work
+
+
+def test_resume_without_checkpoint_and_bad_names(tmp_path):
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        RunDir(tmp_path, "r2").begin(resume=True)
+    with pytest.raises(ConfigError, match="run name"):
+        RunDir(tmp_path, "../escape")
+
+
+def test_atomic_writes_leave_old_file_on_failure(tmp_path):
+    target = tmp_path / "a.json"
+    write_json(target, {"v": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("boom")
+    assert target.read_text().strip().startswith("{") and '"v": 1' in target.read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+    with pytest.raises(RuntimeError):
+        with atomic_dir(tmp_path / "d") as d:
+            (d / "f").write_text("x")
+            raise RuntimeError("boom")
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]

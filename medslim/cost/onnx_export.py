@@ -28,6 +28,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
+Names = tuple[list[str], list[str]]
+
 import numpy as np
 import torch
 from torch import nn
@@ -56,7 +58,7 @@ def first_output(output: Any) -> torch.Tensor:
     return output
 
 
-def _io_names(inputs: tuple[torch.Tensor, ...], output: Any) -> tuple[list[str], list[str]]:
+def _io_names(inputs: tuple[torch.Tensor, ...], output: Any) -> Names:
     """Stable input/output names, so ORT feeds and dynamic axes can refer to them."""
     ins = ["input"] if len(inputs) == 1 else [f"input_{i}" for i in range(len(inputs))]
     n_out = len(output) if isinstance(output, (list, tuple)) else 1
@@ -70,7 +72,9 @@ def _batched(inputs: tuple[torch.Tensor, ...]) -> list[bool]:
     return [t.dim() > 0 and t.shape[0] == batch for t in inputs]
 
 
-def _export_dynamo(model, inputs, file, opset, names, dynamic) -> None:
+def _export_dynamo(
+    model: nn.Module, inputs: tuple[torch.Tensor, ...], file: Path, opset: int, names: Names, dynamic: bool
+) -> None:
     """``torch.export``-based exporter; one self-contained file, no external data."""
     shapes = None
     if dynamic:
@@ -83,7 +87,9 @@ def _export_dynamo(model, inputs, file, opset, names, dynamic) -> None:
     )
 
 
-def _export_torchscript(model, inputs, file, opset, names, dynamic) -> None:
+def _export_torchscript(
+    model: nn.Module, inputs: tuple[torch.Tensor, ...], file: Path, opset: int, names: Names, dynamic: bool
+) -> None:
     """Legacy tracing exporter, kept as a fallback for models torch.export rejects."""
     axes = None
     if dynamic:
@@ -135,7 +141,15 @@ def _clear(folder: Path) -> None:
             entry.unlink()
 
 
-def _run_exporters(model, inputs, file: Path, order: list[str], opset, names, dynamic) -> str:
+def _run_exporters(
+    model: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    file: Path,
+    order: list[str],
+    opset: Optional[int],
+    names: Names,
+    dynamic: bool,
+) -> str:
     """Try each exporter in ``order``; return the name of the first that succeeds."""
     errors = []
     for name in order:
@@ -143,7 +157,8 @@ def _run_exporters(model, inputs, file: Path, order: list[str], opset, names, dy
             with _quiet():
                 EXPORTERS[name](model, inputs, file, opset or DEFAULT_OPSET[name], names, dynamic)
         except Exception as exc:  # exporters raise many unrelated types
-            errors.append(f"{name}: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}")
+            first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+            errors.append(f"{name}: {type(exc).__name__}: {first_line}")
             _clear(file.parent)
             continue
         if errors:
@@ -162,7 +177,9 @@ def _file_facts(file: Path) -> tuple[int, bool]:
     return int(opset), bool(dims) and dims[0].HasField("dim_param")
 
 
-def _compare(file: Path, inputs, reference: torch.Tensor, rtol: float, atol: float, target: Path) -> float:
+def _compare(
+    file: Path, inputs: tuple[torch.Tensor, ...], reference: torch.Tensor, rtol: float, atol: float, target: Path
+) -> float:
     """Run the file in ONNX Runtime; raise :class:`ExportError` if it disagrees."""
     from medslim.cost.latency import ort_feeds, ort_session
 

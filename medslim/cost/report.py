@@ -45,13 +45,19 @@ def environment() -> dict[str, Any]:
     }
 
 
-def _onnx_part(model, example_input, threads, workdir, repeats) -> dict[str, Any]:
+def _onnx_part(
+    model: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    threads: Sequence[int],
+    workdir: Optional[str | os.PathLike],
+    repeats: int,
+) -> dict[str, Any]:
     """Export to a temporary file, then time it in ONNX Runtime per thread count."""
     from medslim.cost.onnx_export import export_onnx
 
     with tempfile.TemporaryDirectory(prefix="medslim-cost-", dir=workdir) as tmp:
-        info = export_onnx(model, example_input, Path(tmp) / "model.onnx")
-        latency = {str(t): latency_onnx(info["path"], example_input, t, repeats=repeats) for t in threads}
+        info = export_onnx(model, inputs, Path(tmp) / "model.onnx")
+        latency = {str(t): latency_onnx(info["path"], inputs, t, repeats=repeats) for t in threads}
     return {
         "onnx_latency": latency,
         "onnx_max_abs_diff": info["max_abs_diff"],

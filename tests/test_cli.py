@@ -1,0 +1,74 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from medslim.cli import main
+
+TINY = ["-o", "data.limit=24", "-o", "data.size=[32,32]", "-o", "model.channels=[4,8]",
+        "-o", "train.epochs=1", "--quiet"]
+
+
+def test_help_lists_every_command_with_examples():
+    out = subprocess.run([sys.executable, "-m", "medslim", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    for command in ("train", "evaluate", "cost", "export", "data", "demo"):
+        assert command in out.stdout
+    assert "examples:" in out.stdout
+    sub = subprocess.run([sys.executable, "-m", "medslim", "train", "--help"], capture_output=True, text=True)
+    assert "example:" in sub.stdout and "medslim train" in sub.stdout
+
+
+def test_help_does_not_import_heavy_libraries():
+    code = ("import sys; from medslim.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'monai', 'onnx', 'onnxruntime') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_train_evaluate_cost_export(tmp_path, shared_data, capsys):
+    runs = tmp_path / "runs"
+    assert main(["train", "kvasir-unet", "--data", str(shared_data), "--output", str(runs),
+                 "--name", "cli", *TINY]) == 0
+    run = runs / "cli"
+    assert "run folder:" in capsys.readouterr().out
+    assert main(["evaluate", str(run), "--split", "val"]) == 0
+    assert json.loads((run / "evaluation-val.json").read_text())["n_cases"] >= 1
+    assert main(["cost", str(run), "--threads", "1", "--repeats", "2"]) == 0
+    cost = json.loads((run / "cost.json").read_text())
+    assert cost["params"] > 0 and cost["flops"] > 0 and cost["onnx_latency"]["1"]["median_ms"] > 0
+    assert main(["export", str(run), "--output", str(tmp_path / "m.onnx")]) == 0
+    assert (tmp_path / "m.onnx").stat().st_size > 0
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "kvasir-unet", "-o", "train.epochs=0"], "train.epochs must be a positive integer"),
+    (["train", "kvasir-unet", "-o", "model.name=unet9"], "unknown model 'unet9'"),
+    (["train", "no-such-config"], "no built-in config 'no-such-config'"),
+    (["evaluate", "/nonexistent/run"], "not a medslim run folder"),
+    (["cost", "/nonexistent/run"], "no model at /nonexistent/run"),
+    (["data", "fetch", "imagenet"], "unknown dataset 'imagenet'"),
+])
+def test_bad_input_gives_one_clear_line_and_exit_2(argv, message, tmp_path, capsys):
+    code = main([*argv, *(["--output", str(tmp_path)] if argv[0] == "train" else [])])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and "Traceback" not in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_missing_data_folder(tmp_path, capsys):
+    code = main(["train", "kvasir-unet", "--data", str(tmp_path / "nowhere"), "--output", str(tmp_path / "r"),
+                 "--quiet"])
+    assert code == 2
+    assert str(tmp_path / "nowhere") in capsys.readouterr().err
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+
+
+def test_data_list(shared_data, capsys, monkeypatch):
+    monkeypatch.setenv("MEDSLIM_DATA", str(shared_data))
+    assert main(["data", "list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("kvasir-seg", "hippocampus", "pneumoniamnist"):
+        assert name in out

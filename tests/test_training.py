@@ -114,3 +114,22 @@ def test_failed_rerun_keeps_the_earlier_run(tmp_path, shared_data):
         train_run(_cfg("keep", tmp_path, extra=["model.in_channels=7"]), data_path=shared_data,
                   overwrite=True, progress=False)
     assert (first / "results.json").read_text() == before
+
+
+@pytest.mark.parametrize("model", [
+    ["model.name=monai.BasicUNet", "model.features=[4,4,8,8,16,4]"],
+    ["model.name=monai.DynUNet", "model.kernel_size=[3,3,3]", "model.strides=[1,2,2]",
+     "model.upsample_kernel_size=[2,2]", "model.filters=[4,8,16]", "model.deep_supervision=true",
+     "model.deep_supr_num=1"],
+])
+def test_monai_networks_train_through_the_same_loop(tmp_path, shared_data, model):
+    cfg = load_config("kvasir-unet", ["data.limit=16", "data.size=[32,32]", "train.epochs=1"])
+    cfg["model"] = {"name": model[0].split("=")[1]}
+    from medslim.config import parse_override, set_dotted
+
+    for item in model[1:]:
+        set_dotted(cfg, *parse_override(item))
+    cfg |= {"name": "monai", "output": str(tmp_path / "runs")}
+    run = train_run(cfg, data_path=shared_data, progress=False)
+    assert 0 <= json.loads((run / "results.json").read_text())["test"]["dice"] <= 1
+    assert load(run)(torch.zeros(1, 3, 32, 32)).shape == (1, 2, 32, 32)

@@ -17,6 +17,9 @@ forward runs first so one-time caches do not count as activations.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from typing import Any
 
 import torch
@@ -57,6 +60,21 @@ def model_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Hide the profiler's native start/stop lines, which bypass Python's sys.stderr."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def peak_memory(model: nn.Module, example_input: ExampleInput, threads: int = 1) -> dict[str, Any]:
     """Peak memory in bytes of one inference on ``example_input`` (batch as given; pass batch 1).
 
@@ -72,7 +90,8 @@ def peak_memory(model: nn.Module, example_input: ExampleInput, threads: int = 1)
     try:
         with evaluating(model):
             model(*inputs)  # warm-up: one-time caches are not activations
-            with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            with _native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU],
+                                                    profile_memory=True) as prof:
                 model(*inputs)
     finally:
         torch.set_num_threads(previous)

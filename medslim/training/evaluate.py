@@ -8,6 +8,7 @@ scoring, so padding never counts.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -62,7 +63,11 @@ def _hd95(fn, p1: torch.Tensor, g1: torch.Tensor) -> np.ndarray:
         if p1[0, c].sum() == 0 or g1[0, c].sum() == 0:
             out.append(math.nan)  # undefined when either side is empty
         else:
-            out.append(float(fn(p1[:, c:c + 1], g1[:, c:c + 1], include_background=True, percentile=95)[0, 0]))
+            with warnings.catch_warnings():
+                # MONAI 1.5+ warns about its own internal argument on every call
+                warnings.simplefilter("ignore", FutureWarning)
+                hd = fn(p1[:, c:c + 1], g1[:, c:c + 1], include_background=True, percentile=95)
+            out.append(float(hd[0, 0]))
     return np.array(out)
 
 

@@ -40,6 +40,8 @@ class DeepSupervisionLoss(nn.Module):
         self.base = base
 
     def forward(self, outputs, label: torch.Tensor) -> torch.Tensor:
+        if torch.is_tensor(outputs) and outputs.dim() == label.dim() + 1:
+            outputs = list(outputs.unbind(dim=1))  # MONAI DynUNet stacks its heads on dim 1
         if torch.is_tensor(outputs):
             return self.base(outputs, label)
         weights = torch.tensor([0.5 ** i for i in range(len(outputs))])

@@ -20,6 +20,7 @@ from medslim import __version__
 from medslim._io import atomic_path, write_json
 from medslim.errors import ArtifactError, MedslimError
 from medslim.models import build_model, model_spec
+from medslim.models.reshape import PRUNED_ATTR, resize_to_state
 
 MANIFEST = "model.json"
 WEIGHTS = "model.safetensors"
@@ -47,6 +48,11 @@ def save(model: nn.Module, path: str | os.PathLike, spec: dict | None = None,
         "model": spec,
         "extra": extra or {},
     }
+    pruned = getattr(model, PRUNED_ATTR, None)
+    if pruned is not None:
+        # the weights are smaller than the spec: load() resizes the rebuilt
+        # network to them (widths of layers without tensors are kept here)
+        manifest["pruned"] = pruned
     save_tensors(folder / WEIGHTS, model.state_dict())
     write_json(folder / MANIFEST, manifest)
     return folder
@@ -61,9 +67,22 @@ def load(path: str | os.PathLike, map_location: str = "cpu") -> nn.Module:
     except MedslimError as err:
         raise ArtifactError(f"{folder / MANIFEST}: cannot rebuild the model: {err}") from err
     state = load_tensors(folder / WEIGHTS, map_location)
+    if manifest.get("pruned") is not None:
+        _resize_pruned(model, state, manifest["pruned"], folder / WEIGHTS)
     load_state_checked(model, state, folder / WEIGHTS)
     model.medslim_manifest = manifest
     return model.eval()
+
+
+def _resize_pruned(model: nn.Module, state: dict[str, torch.Tensor], pruned: dict,
+                   source: Path) -> None:
+    """A pruned model: shrink the rebuilt network to the saved widths, never guess beyond."""
+    widths = pruned.get("widths") if isinstance(pruned, dict) else None
+    try:
+        resize_to_state(model, state, widths=widths or {})
+    except ArtifactError as err:
+        raise ArtifactError(f"{source} does not fit the pruned model: {err}") from None
+    setattr(model, PRUNED_ATTR, {"widths": dict(widths or {})})
 
 
 def load_manifest(path: str | os.PathLike) -> dict:

@@ -9,4 +9,4 @@ constraint=()
 if ! command -v nvidia-smi >/dev/null 2>&1 || [ "${MEDSLIM_CPU:-}" = 1 ]; then
   constraint=(-c "$here/constraints/cpu.txt")
 fi
-"$py" -m pip install -q "${constraint[@]}" -e "$here[dev]"
+"$py" -m pip install -q --root-user-action=ignore "${constraint[@]}" -e "$here[dev]"

@@ -17,6 +17,7 @@ _LAZY = {
     "count_params": "medslim.cost",
     "count_flops": "medslim.cost",
     "MedslimError": "medslim.errors",
+    "prune": "medslim.pruning",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

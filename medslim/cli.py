@@ -13,6 +13,7 @@ EXAMPLES = {
     "evaluate": "medslim evaluate runs/my-run --split test",
     "cost": "medslim cost runs/my-run --threads 1 2",
     "export": "medslim export runs/my-run --output my-run.onnx",
+    "prune": "medslim prune runs/my-run --method taylor_gn --flops-ratio 0.25 --finetune-epochs 5",
     "data": "medslim data list   |   medslim data fetch hippocampus",
     "demo": "medslim demo",
 }
@@ -56,6 +57,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", type=Path, help="run folder or model folder")
     p.add_argument("--output", type=Path, required=True, help="the .onnx file to write")
     p.add_argument("--input-shape", type=int, nargs="+")
+
+    p = _sub(sub, "prune", "prune a trained run's model to a FLOPs or parameter target; writes a new run")
+    p.add_argument("run", type=Path)
+    p.add_argument("--method", required=True,
+                   help="l1, l2, taylor, taylor_gate, taylor_gn, taylor_rand, fpgm, hrank, slimming, "
+                        "bn_stats, random, or uniform (same fraction everywhere, trained from scratch)")
+    p.add_argument("--flops-ratio", type=float, help="fraction of FLOPs to keep, e.g. 0.25")
+    p.add_argument("--params-ratio", type=float, help="fraction of parameters to keep")
+    p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tuning epochs after each step")
+    p.add_argument("--finetune-lr", type=float, help="default: the run's learning rate / 10")
+    p.add_argument("--schedule", choices=["oneshot", "iterative"], default="oneshot")
+    p.add_argument("--steps", type=int, default=4, help="steps of the iterative schedule")
+    p.add_argument("--scope", choices=["global", "local"], default="global")
+    p.add_argument("--max-fraction", type=float, default=0.9, help="the most one layer may lose")
+    p.add_argument("--round-to", type=int, default=1, help="keep widths multiples of this")
+    p.add_argument("--name", help="name of the new run (default: RUN-METHOD-fRATIO)")
+    p.add_argument("--output", help="folder for the new run (default: beside RUN)")
+    p.add_argument("--data", help="dataset folder, if it moved since training")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--no-cost", action="store_true", help="skip latency measurement")
+    p.add_argument("--quiet", action="store_true")
 
     p = _sub(sub, "data", "list known datasets or download one")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
@@ -140,6 +162,24 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_prune(args) -> int:
+    from medslim.jobs import prune_run
+
+    if args.flops_ratio is None and args.params_ratio is None:
+        from medslim.errors import ConfigError
+
+        raise ConfigError("give a target: --flops-ratio R or --params-ratio R")
+    run = prune_run(args.run, args.method, args.flops_ratio, args.params_ratio, args.finetune_epochs,
+                    args.finetune_lr, args.steps if args.schedule == "iterative" else 1, args.scope,
+                    args.max_fraction, args.round_to, args.name, args.output, args.data, args.overwrite,
+                    progress=not args.quiet, measure=not args.no_cost)
+    results = json.loads((run / "results.json").read_text())
+    _print_results({"flops_ratio": results["flops_ratio"], "params_ratio": results["params_ratio"],
+                    **results["test"]}, f"pruned with {args.method} ({run})")
+    print(f"run folder: {run}")
+    return 0
+
+
 def cmd_data(args) -> int:
     if args.data_command == "list":
         from medslim.data.locate import list_datasets
@@ -163,6 +203,7 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "cost": cmd_cost, "export": cmd_export,
+            "prune": cmd_prune,
             "data": cmd_data, "demo": cmd_demo}
 
 

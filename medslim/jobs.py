@@ -146,6 +146,87 @@ def export_run(target: Path, output: Path, input_shape: list[int] | None = None)
     return export_onnx(model, torch.randn(*shape), output)
 
 
+def prune_run(run: Path, method: str, flops_ratio: float | None = None, params_ratio: float | None = None,
+              finetune_epochs: int = 0, finetune_lr: float | None = None, steps: int = 1,
+              scope: str = "global", max_fraction: float = 0.9, round_to: int = 1,
+              name: str | None = None, output: str | Path | None = None, data_path: str | None = None,
+              overwrite: bool = False, progress: bool = True, measure: bool = True,
+              options: dict | None = None) -> Path:
+    """Prune a trained run's model, optionally fine-tune it, and write a new run folder.
+
+    The new folder holds the pruned model, its test metrics, the pruning
+    report (widths, achieved ratios) and, with ``measure``, its cost. The
+    fine-tuning uses the run's own training settings with the learning rate
+    divided by 10 unless ``finetune_lr`` is given.
+    """
+    import torch
+
+    from medslim.artifacts import load, save
+    from medslim.data.splits import load_split
+    from medslim.progress import training_progress
+    from medslim.pruning import prune
+    from medslim.runs import RunDir
+    from medslim.training.loop import fit, make_loader, seed_everything
+
+    cfg = read_run_config(run)
+    model = load(run)
+    shape = model.medslim_manifest.get("extra", {}).get("input_shape")
+    ratio = flops_ratio if flops_ratio is not None else params_ratio
+    name = name or f"{run.name}-{method}-{'f' if flops_ratio is not None else 'p'}{ratio:g}"
+    out = RunDir(output or run.parent, name)
+    work = out.begin(overwrite=overwrite)
+    try:
+        data, _ = load_data(cfg, data_path, load_split(run / "split.json"))
+        tune = copy.deepcopy(cfg)
+        tune["train"]["epochs"] = max(1, finetune_epochs)
+        tune["train"]["lr"] = finetune_lr if finetune_lr is not None else cfg["train"]["lr"] / 10
+        seed_everything(cfg["seed"], cfg["train"]["deterministic"])
+        loader = make_loader(data.train, cfg["train"], cfg["seed"]) if method != "uniform" else None
+
+        def finetune(net, step):
+            if finetune_epochs <= 0:
+                return
+            step_dir = work / f"finetune-step{step}"
+            step_dir.mkdir()
+            callback, close = training_progress(f"{name} step {step}", progress)
+            try:
+                fit(net, data, tune, step_dir, progress=callback)
+            finally:
+                close()
+
+        start = time.perf_counter()
+        pruned = prune(model, torch.zeros(*shape), method=method, flops_ratio=flops_ratio,
+                       params_ratio=params_ratio, data=loader, scope=scope, max_fraction=max_fraction,
+                       round_to=round_to, steps=steps, finetune=finetune, **(options or {}))
+        seconds = time.perf_counter() - start
+        report = pruned.medslim_pruning.to_dict()
+        test = _evaluate(pruned, data, cfg, "test")
+        write_config(work / "config.yaml", cfg)
+        save_split_copy(run, work)
+        save(pruned, work, extra={**model.medslim_manifest.get("extra", {}), "pruned_from": str(run)})
+        write_json(work / "pruning.json", {**report, "source_run": str(run), "finetune_epochs": finetune_epochs,
+                                          "finetune_lr": tune["train"]["lr"], "seconds": seconds})
+        write_json(work / "results.json", {"dataset": cfg["data"]["dataset"], "source_run": str(run),
+                                           "method": method, "test": test, "prune_seconds": seconds,
+                                           "flops_ratio": report["flops_ratio"],
+                                           "params_ratio": report["params_ratio"]})
+        if measure:
+            cost_run(work, threads=cfg.get("cost", {}).get("threads", [1, 2]),
+                     repeats=cfg.get("cost", {}).get("repeats", 20))
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(out.work, ignore_errors=True)  # pruning has no resume: leave nothing half-done
+        raise
+    return out.commit()
+
+
+def save_split_copy(run: Path, work: Path) -> None:
+    import shutil
+
+    shutil.copy2(run / "split.json", work / "split.json")
+
+
 def read_run_config(run: Path) -> dict:
     from medslim.config import read_yaml
 

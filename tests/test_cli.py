@@ -72,3 +72,26 @@ def test_data_list(shared_data, capsys, monkeypatch):
     out = capsys.readouterr().out
     for name in ("kvasir-seg", "hippocampus", "pneumoniamnist"):
         assert name in out
+
+
+def test_prune_writes_a_smaller_run_that_loads_and_exports(tmp_path, shared_data, capsys):
+    runs = tmp_path / "runs"
+    assert main(["train", "kvasir-unet", "--data", str(shared_data), "--output", str(runs), "--name", "base",
+                 "-o", "model.channels=[8,16,32]", *TINY]) == 0
+    assert main(["prune", str(runs / "base"), "--method", "taylor_gn", "--flops-ratio", "0.5",
+                 "--schedule", "iterative", "--steps", "2", "--finetune-epochs", "1", "--quiet",
+                 "--no-cost"]) == 0
+    pruned = runs / "base-taylor_gn-f0.5"
+    report = json.loads((pruned / "pruning.json").read_text())
+    assert report["flops_ratio"] <= 0.5 * 1.001 and report["steps"] == 2
+    assert (pruned / "finetune-step1" / "metrics.jsonl").exists()
+    results = json.loads((pruned / "results.json").read_text())
+    assert 0 <= results["test"]["dice"] <= 1
+    assert main(["export", str(pruned), "--output", str(tmp_path / "p.onnx")]) == 0
+    from medslim.artifacts import load
+    from medslim.cost import count_params
+
+    assert count_params(load(pruned)) < count_params(load(runs / "base"))
+    code = main(["prune", str(runs / "base"), "--method", "l1", "--flops-ratio", "0.0001", "--name", "tiny"])
+    assert code == 2 and "smallest reachable flops_ratio" in capsys.readouterr().err
+    assert not (runs / "tiny").exists() and not (runs / ".tiny.partial").exists()

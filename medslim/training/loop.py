@@ -126,7 +126,7 @@ def _train_epoch(model, data, loss_fn, optimizer, cfg, epoch, progress) -> float
     epoch_seed = cfg["seed"] * 100_003 + epoch
     data.train.reseed(epoch_seed)
     torch.manual_seed(epoch_seed)
-    loader = _loader(data.train, tcfg, epoch_seed)
+    loader = make_loader(data.train, tcfg, epoch_seed)
     model.train()
     total, count = 0.0, 0
     steps = tcfg["iterations_per_epoch"] or len(loader)
@@ -152,7 +152,8 @@ def _train_epoch(model, data, loss_fn, optimizer, cfg, epoch, progress) -> float
     return total / max(count, 1)
 
 
-def _loader(dataset, tcfg: dict, seed: int):
+def make_loader(dataset, tcfg: dict, seed: int):
+    """The shuffled training loader of one epoch, seeded."""
     gen = torch.Generator().manual_seed(seed)
     drop_last = len(dataset) > tcfg["batch_size"]  # a batch of 1 breaks batch norm
     return torch.utils.data.DataLoader(dataset, batch_size=tcfg["batch_size"], shuffle=True,

@@ -1,0 +1,433 @@
+"""How much to prune and when: targets, ranking scope and schedules.
+
+The three ideas of a pruner live in three places: :mod:`graph` says which
+channels are coupled, :mod:`criteria` says how important each channel is, and
+this module decides how many channels go, where and in how many steps.
+
+Targets are met with an analytic cost model: the FLOPs and parameters of every
+conv/linear layer (measured once with PyTorch's flop counter) scale with the
+fraction of its input and output channels kept, and every prunable group
+knows the layers it touches. That makes choosing the channels cheap; the
+achieved ratio is then measured on the pruned model and a short correction
+pass removes more if the model was off.
+"""
+
+from __future__ import annotations
+
+import copy
+import heapq
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from medslim.errors import ConfigError
+from medslim.pruning.graph import ChannelGroup, DependencyGraph, PruningError
+from medslim.pruning.surgery import prune_channels
+
+SCOPES = ("global", "local")
+# Global ranking compares scores across layers. Magnitude-like scores grow
+# with a layer's fan-in, so they are divided by their group's mean first (as
+# Torch-Pruning's default); the Taylor scores of the papers and slimming's
+# BN scales are ranked globally as they are.
+DEFAULT_NORMALIZE = {"taylor": "none", "taylor_gate": "none", "taylor_gn": "none",
+                     "taylor_rand": "none", "slimming": "none", "random": "none"}
+NORMALIZERS = ("mean", "max", "l2", "none")
+
+
+@dataclass
+class PruneReport:
+    """What a pruning call did; attached to the model as ``medslim_pruning``."""
+
+    method: str
+    target: dict[str, float]
+    flops_before: int
+    flops_after: int
+    params_before: int
+    params_after: int
+    steps: int
+    scope: str
+    widths: dict[str, list[int]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def flops_ratio(self) -> float:
+        return self.flops_after / self.flops_before
+
+    @property
+    def params_ratio(self) -> float:
+        return self.params_after / self.params_before
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "target": self.target, "scope": self.scope, "steps": self.steps,
+                "flops_before": self.flops_before, "flops_after": self.flops_after,
+                "flops_ratio": self.flops_ratio, "params_before": self.params_before,
+                "params_after": self.params_after, "params_ratio": self.params_ratio,
+                "widths": self.widths, "notes": self.notes}
+
+
+def prune(model: nn.Module, example_input, method: str = "l1", flops_ratio: float | None = None,
+          params_ratio: float | None = None, data: Iterable | None = None, *, scope: str = "global",
+          max_fraction: float = 0.9, round_to: int = 1, ignored: Sequence = (), steps: int = 1,
+          finetune: Callable[[nn.Module, int], None] | None = None, normalize: str | None = None,
+          optimizer: torch.optim.Optimizer | None = None, inplace: bool = False,
+          **criterion_options) -> nn.Module:
+    """Return a physically smaller copy of ``model`` that meets the target.
+
+    Args:
+        model: any network the dependency graph can trace (the original is
+            left untouched unless ``inplace``).
+        example_input: a tensor of the shape the model will see (batch 1 is fine).
+        method: a criterion name (``medslim.pruning.criteria.CRITERIA``) or
+            ``"uniform"``: every layer keeps the same fraction and the weights
+            are re-initialised, the uniform-width baseline trained from scratch.
+        flops_ratio / params_ratio: the fraction of FLOPs / parameters to keep.
+        data: batches for data-driven criteria (Taylor, HRank).
+        scope: ``"global"`` ranks channels across all layers; ``"local"``
+            removes the same fraction from every layer.
+        max_fraction: the most any one layer may lose.
+        round_to: widths are kept multiples of this (8 suits CPU kernels).
+        ignored: modules (paths or objects) never pruned.
+        steps: iterative pruning in this many steps with geometric targets;
+            ``finetune(model, step)`` runs after each step.
+        normalize: per-group score normalisation before global ranking
+            (``mean``, ``max``, ``l2``, ``none``; default depends on the method).
+        optimizer: sliced alongside the model (for pruning inside training);
+            only with ``inplace=True``.
+
+    Example::
+
+        >>> small = prune(net, torch.zeros(1, 3, 128, 128), method="l1", flops_ratio=0.25)
+    """
+    from medslim.cost import count_flops, count_params
+    from medslim.pruning.criteria import get_criterion
+
+    target = _check_target(flops_ratio, params_ratio)
+    _check_options(scope, max_fraction, steps, normalize, optimizer, inplace)
+    uniform = method == "uniform"
+    criterion = None if uniform else get_criterion(method, **criterion_options)
+    if criterion is not None and criterion.needs_data and data is None:
+        raise ConfigError(f"pruning method {method!r} needs data: pass data=<batches>")
+    model = model if inplace else copy.deepcopy(model)
+    was_training = model.training
+    flops0, params0 = count_flops(model, example_input), count_params(model)
+    notes: list[str] = []
+    scope = "local" if uniform else scope
+    for step in range(1, steps + 1):
+        fraction = step / steps
+        step_target = {k: v ** fraction for k, v in target.items()}
+        graph = DependencyGraph(model, example_input, ignored=ignored, round_to=round_to)
+        notes += [n for n in graph.notes if n not in notes]
+        scores = _uniform_scores(graph) if uniform else criterion.scores(model, graph, data)
+        scores = _normalized(scores, normalize or DEFAULT_NORMALIZE.get(method, "mean"), scope)
+        cost = CostModel(model, graph, example_input)
+        keep = select(graph, scores, cost, step_target, flops0, params0, scope, max_fraction)
+        prune_channels(model, graph, keep, optimizer=optimizer)
+        _correct(model, example_input, step_target, flops0, params0, ignored, round_to, scope,
+                 max_fraction, optimizer, notes)
+        if finetune is not None:
+            finetune(model, step)
+    if uniform:
+        reinitialize(model)
+    model.train(was_training)
+    report = PruneReport(method, target, flops0, count_flops(model, example_input), params0,
+                         count_params(model), steps, scope, _widths(model), notes)
+    model.medslim_pruning = report
+    return model
+
+
+# ----------------------------------------------------------------------------- cost model
+
+
+class CostModel:
+    """FLOPs and parameters of a model as a function of how many channels each group drops.
+
+    FLOPs of a conv/linear layer scale with (kept inputs / inputs) x (kept
+    outputs / outputs), a depthwise conv's with its kept channels; parameters
+    of every tensor scale with the kept fraction along each channel axis.
+    Cost outside conv/linear layers (matmuls in attention) stays constant.
+    """
+
+    def __init__(self, model: nn.Module, graph: DependencyGraph, example_input):
+        self.flops = _module_flops(model, example_input)
+        self.params = {name: _param_sizes(mod) for name, mod in model.named_modules() if _param_sizes(mod)}
+        self.width = {}      # (module, axis) -> original width
+        self.touch: dict[int, list[tuple[str, str, int]]] = {}  # group -> (module, axis, channels per unit)
+        self.depthwise = set()
+        modules = dict(model.named_modules())
+        for g in graph.groups:
+            entries = [(p.module, "out", 1) for p in g.producers]
+            entries += [(c.module, "in", c.factor) for c in g.consumers]
+            entries += [(n.module, "norm", 1) for n in g.norms]
+            self.touch[g.id] = entries
+            for p in g.producers:
+                if p.depthwise:
+                    self.depthwise.add(p.module)
+        for entries in self.touch.values():
+            for module, axis, _ in entries:
+                self.width[(module, axis)] = _axis_width(modules[module], axis)
+        self.dropped: dict[tuple[str, str], int] = {k: 0 for k in self.width}
+        self.const_flops = self.flops.pop("__other__", 0)
+
+    def drop(self, gid: int, n: int) -> None:
+        for module, axis, factor in self.touch.get(gid, []):
+            self.dropped[(module, axis)] += n * factor
+
+    def kept(self, module: str, axis: str) -> float:
+        width = self.width.get((module, axis))
+        if not width:
+            return 1.0
+        return (width - self.dropped[(module, axis)]) / width
+
+    def total_flops(self) -> float:
+        total = float(self.const_flops)
+        for module, flops in self.flops.items():
+            if module in self.depthwise:
+                total += flops * self.kept(module, "out")
+            else:
+                total += flops * self.kept(module, "in") * self.kept(module, "out")
+        return total
+
+    def total_params(self) -> float:
+        total = 0.0
+        for module, sizes in self.params.items():
+            for role, numel in sizes:
+                if role == "weight" and module not in self.depthwise:
+                    total += numel * self.kept(module, "in") * self.kept(module, "out")
+                elif role in ("weight", "bias"):
+                    total += numel * self.kept(module, "out")
+                else:  # norm / PReLU tensors
+                    total += numel * self.kept(module, "norm")
+        return total
+
+
+def _module_flops(model: nn.Module, example_input) -> dict[str, int]:
+    """FLOPs of each conv/linear layer from PyTorch's flop counter (one eval forward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    inputs = (example_input,) if torch.is_tensor(example_input) else tuple(example_input)
+    was = model.training
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(*inputs)
+    model.train(was)
+    counts = {k: sum(v.values()) for k, v in counter.get_flop_counts().items()}
+    root = type(model).__name__
+    layers = {}
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
+            layers[name] = counts.get(f"{root}.{name}", 0)
+    layers["__other__"] = max(0, counts.get("Global", 0) - sum(layers.values()))
+    return layers
+
+
+def _param_sizes(module: nn.Module) -> list[tuple[str, int]]:
+    sizes = []
+    is_layer = isinstance(module, (nn.modules.conv._ConvNd, nn.Linear))
+    for name, p in module.named_parameters(recurse=False):
+        role = name if is_layer and name in ("weight", "bias") else "norm"
+        sizes.append((role, p.numel()))
+    return sizes
+
+
+def _axis_width(module: nn.Module, axis: str) -> int:
+    if axis == "out":
+        return getattr(module, "out_channels", getattr(module, "out_features", 0))
+    if axis == "in":
+        return getattr(module, "in_channels", getattr(module, "in_features", 0))
+    for attr in ("num_features", "num_channels", "num_parameters"):
+        if hasattr(module, attr):
+            return getattr(module, attr)
+    return 0
+
+
+# ----------------------------------------------------------------------------- selection
+
+
+def select(graph: DependencyGraph, scores: dict[int, torch.Tensor], cost: CostModel,
+           target: dict[str, float], flops0: int, params0: int, scope: str,
+           max_fraction: float) -> dict[int, torch.Tensor]:
+    """Channels to keep per group so the cost model meets ``target``."""
+    groups = {g.id: g for g in graph.prunable_groups() if g.id in scores}
+    limits = {gid: _max_drop(g, max_fraction) for gid, g in groups.items()}
+    _check_reachable(cost, limits, target, flops0, params0)
+    order = {gid: torch.argsort(scores[gid], stable=True) for gid in groups}
+    if scope == "local":
+        dropped = _local_counts(groups, limits, cost, target, flops0, params0)
+    else:
+        dropped = _global_counts(groups, limits, order, scores, cost, target, flops0, params0)
+    keep = {}
+    for gid, n in dropped.items():
+        if n:
+            keep[gid] = torch.sort(order[gid][n:]).values
+    return keep
+
+
+def _met(cost: CostModel, target: dict[str, float], flops0: int, params0: int) -> bool:
+    ok = True
+    if "flops" in target:
+        ok &= cost.total_flops() <= target["flops"] * flops0 * (1 + 1e-9)
+    if "params" in target:
+        ok &= cost.total_params() <= target["params"] * params0 * (1 + 1e-9)
+    return ok
+
+
+def _max_drop(group: ChannelGroup, max_fraction: float) -> int:
+    """The most channels a group may lose: the kept width stays a multiple of its divisor."""
+    d = group.divisor
+    min_keep = max(d, math.ceil(group.size * (1 - max_fraction) / d) * d)
+    return max(0, group.size - min_keep)
+
+
+def _allowed_drop(group: ChannelGroup, wanted: int) -> int:
+    """The largest drop count <= ``wanted`` that leaves a width divisible by the divisor."""
+    d, first = group.divisor, group.size % group.divisor
+    if wanted < (first or d):
+        return 0
+    return first + (wanted - first) // d * d
+
+
+def _check_reachable(cost, limits, target, flops0, params0) -> None:
+    for gid, n in limits.items():
+        cost.drop(gid, n)
+    reachable = {"flops": cost.total_flops() / flops0, "params": cost.total_params() / params0}
+    for gid, n in limits.items():
+        cost.drop(gid, -n)
+    for key, wanted in target.items():
+        if reachable[key] > wanted:
+            raise PruningError(f"{key}_ratio={wanted:g} cannot be reached: with the protected layers "
+                               f"(outputs, inputs, ignored) and the per-layer limit, the smallest "
+                               f"reachable {key}_ratio is {reachable[key]:.3f}")
+
+
+def _global_counts(groups, limits, order, scores, cost, target, flops0, params0) -> dict[int, int]:
+    """Drop the globally least important unit (``divisor`` channels) until the target is met."""
+    dropped = {gid: 0 for gid in groups}
+    heap = []
+
+    def push(gid):
+        g, n = groups[gid], dropped[gid]
+        unit = (g.size % g.divisor or g.divisor) if n == 0 else g.divisor
+        if n + unit <= limits[gid]:
+            heapq.heappush(heap, (scores[gid][order[gid][n:n + unit]].mean().item(), gid, unit))
+
+    for gid in groups:
+        push(gid)
+    while heap and not _met(cost, target, flops0, params0):
+        _, gid, unit = heapq.heappop(heap)
+        dropped[gid] += unit
+        cost.drop(gid, unit)
+        push(gid)
+    return dropped
+
+
+def _local_counts(groups, limits, cost, target, flops0, params0) -> dict[int, int]:
+    """The smallest common fraction dropped from every group that meets the target (bisection)."""
+
+    def counts(f):
+        return {gid: _allowed_drop(g, min(limits[gid], int(f * g.size))) for gid, g in groups.items()}
+
+    def meets(f):
+        c = counts(f)
+        for gid, n in c.items():
+            cost.drop(gid, n)
+        ok = _met(cost, target, flops0, params0)
+        for gid, n in c.items():
+            cost.drop(gid, -n)
+        return ok
+
+    lo, hi = 0.0, 1.0
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if meets(mid) else (mid, hi)
+    result = counts(hi)
+    for gid, n in result.items():
+        cost.drop(gid, n)
+    return result
+
+
+def _correct(model, example_input, target, flops0, params0, ignored, round_to, scope,
+             max_fraction, optimizer, notes: list[str]) -> None:
+    """If the measured cost misses the target (cost outside conv layers), prune a little more.
+
+    The extra channels are chosen by L1 norm: the main criterion already made
+    the big choice, and this pass only trims what the cost model missed.
+    """
+    from medslim.cost import count_flops, count_params
+    from medslim.pruning.criteria import get_criterion
+
+    for _ in range(3):
+        now = {"flops": count_flops(model, example_input), "params": count_params(model)}
+        base = {"flops": flops0, "params": params0}
+        if all(now[k] <= target[k] * base[k] * 1.001 for k in target):
+            return
+        graph = DependencyGraph(model, example_input, ignored=ignored, round_to=round_to)
+        scores = _normalized(get_criterion("l1").scores(model, graph, None), "mean", scope)
+        sub_target = {k: min(1.0, target[k] * base[k] / now[k]) for k in target}
+        try:
+            keep = select(graph, scores, CostModel(model, graph, example_input), sub_target,
+                          now["flops"], now["params"], scope, max_fraction)
+        except PruningError as err:
+            notes.append(f"the measured cost is above the target and cannot be trimmed further: {err}")
+            return
+        prune_channels(model, graph, keep, optimizer=optimizer)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _uniform_scores(graph: DependencyGraph) -> dict[int, torch.Tensor]:
+    # which channels go does not matter: the uniform baseline is re-initialised
+    return {g.id: -torch.arange(g.size, dtype=torch.float32) for g in graph.prunable_groups()}
+
+
+def _normalized(scores: dict[int, torch.Tensor], how: str, scope: str) -> dict[int, torch.Tensor]:
+    if scope == "local" or how == "none":
+        return scores
+    out = {}
+    for gid, s in scores.items():
+        s = s.float()
+        denom = {"mean": s.abs().mean(), "max": s.abs().max(), "l2": s.norm()}[how]
+        out[gid] = s / (denom + 1e-12)
+    return out
+
+
+def reinitialize(model: nn.Module) -> None:
+    """Fresh weights for every layer: the pruned widths trained from scratch."""
+    for module in model.modules():
+        if hasattr(module, "reset_parameters") and module is not model:
+            module.reset_parameters()
+
+
+def _widths(model: nn.Module) -> dict[str, list[int]]:
+    return {name: [m.in_channels, m.out_channels] if hasattr(m, "in_channels")
+            else [m.in_features, m.out_features]
+            for name, m in model.named_modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))}
+
+
+def _check_target(flops_ratio, params_ratio) -> dict[str, float]:
+    target = {}
+    for key, value in (("flops", flops_ratio), ("params", params_ratio)):
+        if value is None:
+            continue
+        if not isinstance(value, (int, float)) or not 0 < value <= 1:
+            raise ConfigError(f"{key}_ratio must be in (0, 1], got {value!r}")
+        target[key] = float(value)
+    if not target:
+        raise ConfigError("give a target: flops_ratio=... or params_ratio=...")
+    return target
+
+
+def _check_options(scope, max_fraction, steps, normalize, optimizer, inplace) -> None:
+    if scope not in SCOPES:
+        raise ConfigError(f"scope={scope!r} is not one of: {', '.join(SCOPES)}")
+    if not 0 < max_fraction < 1:
+        raise ConfigError(f"max_fraction must be in (0, 1), got {max_fraction!r}")
+    if not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"steps must be a positive integer, got {steps!r}")
+    if normalize is not None and normalize not in NORMALIZERS:
+        raise ConfigError(f"normalize={normalize!r} is not one of: {', '.join(NORMALIZERS)}")
+    if optimizer is not None and not inplace:
+        raise ConfigError("an optimizer can only be sliced when pruning in place (inplace=True)")

@@ -1,0 +1,119 @@
+import pytest
+import torch
+
+from medslim.cost import count_flops, count_params
+from medslim.errors import ConfigError
+from medslim.models import build_model
+from medslim.pruning import DependencyGraph, PruningError, prune
+from medslim.pruning.pruner import CostModel
+
+X2 = torch.randn(1, 3, 32, 32)
+
+
+def _unet(norm="batch", **kw):
+    torch.manual_seed(0)
+    return build_model({"name": "unet", "spatial_dims": 2, "in_channels": 3, "out_channels": 2,
+                        "channels": [8, 16, 32], "norm": norm, **kw})
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.25])
+def test_flops_target_is_met_closely_and_the_original_is_untouched(ratio):
+    net = _unet()
+    before = count_params(net)
+    small = prune(net, X2, method="l1", flops_ratio=ratio)
+    achieved = count_flops(small, X2) / count_flops(net, X2)
+    assert ratio * 0.85 <= achieved <= ratio * 1.001
+    assert small.medslim_pruning.flops_ratio == pytest.approx(achieved)
+    assert count_params(net) == before
+    assert small(X2).shape == net(X2).shape
+
+
+def test_params_target():
+    net = _unet()
+    small = prune(net, X2, method="l2", params_ratio=0.3)
+    assert count_params(small) <= 0.3 * count_params(net) * 1.001
+
+
+def test_cost_model_predicts_the_measured_flops():
+    net = _unet()
+    graph = DependencyGraph(net, X2)
+    cost = CostModel(net, graph, X2)
+    assert cost.total_flops() == pytest.approx(count_flops(net, X2), rel=1e-6)
+    assert cost.total_params() == pytest.approx(count_params(net), rel=1e-6)
+
+
+def test_local_scope_takes_the_same_fraction_everywhere():
+    net = _unet()
+    small = prune(net, X2, method="l1", flops_ratio=0.5, scope="local")
+    kept = [small.encoder[i][0].out_channels / net.encoder[i][0].out_channels for i in range(3)]
+    assert max(kept) - min(kept) <= 1 / 8 + 1e-9
+
+
+def test_max_fraction_and_round_to_are_respected():
+    net = _unet(channels=[16, 32, 64])
+    small = prune(net, X2, method="l1", flops_ratio=0.3, max_fraction=0.5, round_to=4)
+    for name, module in small.named_modules():
+        if isinstance(module, torch.nn.Conv2d) and name != "heads.0":
+            original = dict(net.named_modules())[name].out_channels
+            assert module.out_channels >= original * 0.5
+            assert module.out_channels % 4 == 0
+
+
+def test_group_norm_widths_stay_divisible():
+    net = _unet(norm="group", channels=[16, 32, 64])
+    small = prune(net, X2, method="l1", flops_ratio=0.4)
+    for module in small.modules():
+        if isinstance(module, torch.nn.GroupNorm):
+            assert module.num_channels % module.num_groups == 0
+
+
+def test_unreachable_target_says_the_smallest_reachable_ratio():
+    with pytest.raises(PruningError, match=r"smallest reachable flops_ratio is 0\.\d+"):
+        prune(_unet(), X2, method="l1", flops_ratio=0.001)
+
+
+def test_uniform_baseline_is_reinitialised():
+    net = _unet()
+    small = prune(net, X2, method="uniform", flops_ratio=0.5)
+    first = small.encoder[0][0].weight
+    assert not torch.allclose(first, net.encoder[0][0].weight[: first.shape[0]])
+    assert small.medslim_pruning.scope == "local"
+
+
+def test_iterative_schedule_calls_finetune_each_step():
+    calls = []
+    small = prune(_unet(), X2, method="l1", flops_ratio=0.3, steps=3, finetune=lambda m, s: calls.append(s))
+    assert calls == [1, 2, 3]
+    assert small.medslim_pruning.flops_ratio <= 0.3 * 1.001
+
+
+def test_in_place_pruning_slices_the_optimizer_and_training_goes_on():
+    net = _unet()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    net(X2).mean().backward()
+    opt.step()
+    prune(net, X2, method="l1", flops_ratio=0.5, inplace=True, optimizer=opt)
+    opt.zero_grad()
+    net(X2).mean().backward()
+    opt.step()
+    for p in net.parameters():
+        assert opt.state[p]["exp_avg"].shape == p.shape
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"method": "nope", "flops_ratio": 0.5}, "unknown pruning method 'nope'"),
+    ({"method": "l1"}, "give a target"),
+    ({"method": "l1", "flops_ratio": 1.5}, r"flops_ratio must be in \(0, 1\]"),
+    ({"method": "taylor", "flops_ratio": 0.5}, "needs data"),
+    ({"method": "l1", "flops_ratio": 0.5, "scope": "everywhere"}, "scope="),
+])
+def test_bad_options(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        prune(_unet(), X2, **kwargs)
+
+
+def test_data_driven_criterion_through_the_pruner():
+    batches = [{"image": torch.randn(2, 3, 32, 32), "label": torch.randint(0, 2, (2, 1, 32, 32))}
+               for _ in range(2)]
+    small = prune(_unet(), X2, method="taylor_gn", flops_ratio=0.5, data=batches)
+    assert small.medslim_pruning.flops_ratio <= 0.5 * 1.001

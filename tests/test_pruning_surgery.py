@@ -1,6 +1,9 @@
 """Physical pruning: equivalence with masks, optimizer state, rules, and network coverage."""
 
 import pytest
+
+from medslim.cost import count_flops, export_onnx
+from medslim.pruning import prune
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -264,11 +267,11 @@ io = {"in_channels": 1, "out_channels": 2}
 COVERAGE = {
     "unet-2d-instance": (_unet(2), 16),
     "unet-2d-batch-conv": (_unet(2, norm="batch", downsampling="conv"), 16),
-    "unet-2d-group-resize": (_unet(2, norm="group", channels=[8, 16], downsampling="resize"), 16),
+    "unet-2d-group-resize": (_unet(2, norm="group", channels=[16, 32], downsampling="resize"), 16),
     "unet-2d-deep-supervision": (_unet(2, deep_supervision=True), 16),
     "unet-3d-instance": (_unet(3), 16),
     "unet-3d-batch": (_unet(3, norm="batch"), 16),
-    "unet-3d-group": (_unet(3, norm="group", channels=[8, 16]), 16),
+    "unet-3d-group": (_unet(3, norm="group", channels=[16, 32]), 16),
 }
 for d in (2, 3):
     COVERAGE.update({
@@ -302,7 +305,7 @@ def _total(out) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("name", list(COVERAGE))
-def test_network_prunes_runs_trains_and_reloads(name, tmp_path):
+def test_network_prunes_to_half_the_flops_runs_trains_reloads_and_exports(name, tmp_path):
     spec, side = COVERAGE[name]
     torch.manual_seed(0)
     net = build_model(spec).eval()
@@ -310,11 +313,10 @@ def test_network_prunes_runs_trains_and_reloads(name, tmp_path):
     with torch.no_grad():
         shape = net(x).shape
         train_shapes = _shapes(net.train()(torch.cat([x, x])))  # deep-supervision heads
-    graph = DependencyGraph(net.eval(), x)
-    keep = first_half(graph)
-    assert keep, f"nothing prunable: {graph.notes}"
     before = sum(p.numel() for p in net.parameters())
-    prune_channels(net, graph, keep)
+    flops = count_flops(net, x)
+    prune(net.eval(), x, method="l1", flops_ratio=0.5, inplace=True)
+    assert count_flops(net, x) <= 0.5 * flops * 1.001
     assert sum(p.numel() for p in net.parameters()) < before
     with torch.no_grad():
         assert net(x).shape == shape
@@ -328,3 +330,4 @@ def test_network_prunes_runs_trains_and_reloads(name, tmp_path):
     again = load(tmp_path / "m")
     with torch.no_grad():
         assert torch.equal(net(x), again(x))
+    export_onnx(again, x, tmp_path / "m.onnx")  # raises if ONNX Runtime disagrees with PyTorch

@@ -148,63 +148,63 @@ class CostModel:
     outputs / outputs), a depthwise conv's with its kept channels; parameters
     of every tensor scale with the kept fraction along each channel axis.
     Cost outside conv/linear layers (matmuls in attention) stays constant.
+    Layers are keyed by object, not name: a module registered under two names
+    (DynUNet's skip layers) is one layer.
     """
 
     def __init__(self, model: nn.Module, graph: DependencyGraph, example_input):
-        self.flops = _module_flops(model, example_input)
-        self.params = {name: _param_sizes(mod) for name, mod in model.named_modules() if _param_sizes(mod)}
-        self.width = {}      # (module, axis) -> original width
-        self.touch: dict[int, list[tuple[str, str, int]]] = {}  # group -> (module, axis, channels per unit)
-        self.depthwise = set()
-        modules = dict(model.named_modules())
+        named = dict(model.named_modules(remove_duplicate=False))
+        self.flops, self.const_flops = _module_flops(model, example_input, named)
+        self.params = {id(m): _param_sizes(m) for m in model.modules() if _param_sizes(m)}
+        self.width: dict[tuple[int, str], int] = {}
+        self.touch: dict[int, list[tuple[int, str, int]]] = {}  # group -> (layer, axis, channels per unit)
+        self.depthwise: set[int] = set()
         for g in graph.groups:
-            entries = [(p.module, "out", 1) for p in g.producers]
-            entries += [(c.module, "in", c.factor) for c in g.consumers]
-            entries += [(n.module, "norm", 1) for n in g.norms]
+            entries = [(id(named[p.module]), "out", 1) for p in g.producers]
+            entries += [(id(named[c.module]), "in", c.factor) for c in g.consumers]
+            entries += [(id(named[n.module]), "norm", 1) for n in g.norms]
             self.touch[g.id] = entries
-            for p in g.producers:
-                if p.depthwise:
-                    self.depthwise.add(p.module)
-        for entries in self.touch.values():
-            for module, axis, _ in entries:
-                self.width[(module, axis)] = _axis_width(modules[module], axis)
-        self.dropped: dict[tuple[str, str], int] = {k: 0 for k in self.width}
-        self.const_flops = self.flops.pop("__other__", 0)
+            self.depthwise |= {id(named[p.module]) for p in g.producers if p.depthwise}
+            for p in (*g.producers, *g.consumers, *g.norms):
+                module = named[p.module]
+                for key, axis in ((id(module), a) for a in ("out", "in", "norm")):
+                    self.width.setdefault((key, axis), _axis_width(module, axis))
+        self.dropped: dict[tuple[int, str], int] = {k: 0 for k in self.width}
 
     def drop(self, gid: int, n: int) -> None:
-        for module, axis, factor in self.touch.get(gid, []):
-            self.dropped[(module, axis)] += n * factor
+        for key, axis, factor in self.touch.get(gid, []):
+            self.dropped[(key, axis)] += n * factor
 
-    def kept(self, module: str, axis: str) -> float:
-        width = self.width.get((module, axis))
+    def kept(self, key: int, axis: str) -> float:
+        width = self.width.get((key, axis))
         if not width:
             return 1.0
-        return (width - self.dropped[(module, axis)]) / width
+        return (width - self.dropped[(key, axis)]) / width
 
     def total_flops(self) -> float:
         total = float(self.const_flops)
-        for module, flops in self.flops.items():
-            if module in self.depthwise:
-                total += flops * self.kept(module, "out")
+        for key, flops in self.flops.items():
+            if key in self.depthwise:
+                total += flops * self.kept(key, "out")
             else:
-                total += flops * self.kept(module, "in") * self.kept(module, "out")
+                total += flops * self.kept(key, "in") * self.kept(key, "out")
         return total
 
     def total_params(self) -> float:
         total = 0.0
-        for module, sizes in self.params.items():
+        for key, sizes in self.params.items():
             for role, numel in sizes:
-                if role == "weight" and module not in self.depthwise:
-                    total += numel * self.kept(module, "in") * self.kept(module, "out")
+                if role == "weight" and key not in self.depthwise:
+                    total += numel * self.kept(key, "in") * self.kept(key, "out")
                 elif role in ("weight", "bias"):
-                    total += numel * self.kept(module, "out")
+                    total += numel * self.kept(key, "out")
                 else:  # norm / PReLU tensors
-                    total += numel * self.kept(module, "norm")
+                    total += numel * self.kept(key, "norm")
         return total
 
 
-def _module_flops(model: nn.Module, example_input) -> dict[str, int]:
-    """FLOPs of each conv/linear layer from PyTorch's flop counter (one eval forward)."""
+def _module_flops(model: nn.Module, example_input, named: dict[str, nn.Module]) -> tuple[dict[int, int], int]:
+    """FLOPs of each conv/linear layer (by object) from PyTorch's flop counter, and the rest."""
     from torch.utils.flop_counter import FlopCounterMode
 
     inputs = (example_input,) if torch.is_tensor(example_input) else tuple(example_input)
@@ -215,12 +215,12 @@ def _module_flops(model: nn.Module, example_input) -> dict[str, int]:
     model.train(was)
     counts = {k: sum(v.values()) for k, v in counter.get_flop_counts().items()}
     root = type(model).__name__
-    layers = {}
-    for name, module in model.named_modules():
+    layers: dict[int, int] = {}
+    for name, module in named.items():
         if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
-            layers[name] = counts.get(f"{root}.{name}", 0)
-    layers["__other__"] = max(0, counts.get("Global", 0) - sum(layers.values()))
-    return layers
+            # the counter names a layer by one of its aliases: take whichever holds the count
+            layers[id(module)] = max(layers.get(id(module), 0), counts.get(f"{root}.{name}", 0))
+    return layers, max(0, counts.get("Global", 0) - sum(layers.values()))
 
 
 def _param_sizes(module: nn.Module) -> list[tuple[str, int]]:

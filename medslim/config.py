@@ -34,6 +34,7 @@ DEFAULTS: dict[str, Any] = {
         "iterations_per_epoch": None,
         "threads": None,
         "deterministic": True,
+        "sparsity": 0.0,
     },
     "eval": {
         "overlap": 0.25,

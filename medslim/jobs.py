@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import copy
 import inspect
-import json
 import time
 from pathlib import Path
 from typing import Any
 
-from medslim._io import atomic_path, write_json, write_text
-from medslim.errors import ConfigError, MedslimError
+from medslim._io import write_json, write_text
+from medslim.errors import ConfigError
 
 CHANNEL_ARGS = ("in_channels", "n_input_channels")
 CLASS_ARGS = ("out_channels", "num_classes")
@@ -77,7 +76,8 @@ def train_run(cfg: dict, data_path: str | None = None, resume: bool = False,
         write_config(work / "config.yaml", cfg)
         seed_everything(cfg["seed"], cfg["train"]["deterministic"])  # initial weights too
         model = build_model(fill_model_spec(cfg["model"], data.info))
-        result = fit(model, data, cfg, work, resume=resume, progress=callback)
+        result = fit(model, data, cfg, work, resume=resume, progress=callback,
+                     after_backward=sparsity_regulariser(cfg["train"]["sparsity"]))
         close()
         test = _evaluate(model, data, cfg, "test")
         results = {"dataset": cfg["data"]["dataset"], "data_root": str(root),
@@ -96,6 +96,15 @@ def train_run(cfg: dict, data_path: str | None = None, resume: bool = False,
                   f"--resume --name {cfg['name']}", file=sys.stderr)
         raise
     return run.commit()
+
+
+def sparsity_regulariser(lam: float):
+    """Network slimming's L1 on norm scales (``train.sparsity``, e.g. 1e-4), or None."""
+    if not lam:
+        return None
+    from medslim.pruning.criteria import slimming_subgradient
+
+    return lambda model: slimming_subgradient(model, lam)
 
 
 def evaluate_run(run: Path, split: str = "test", data_path: str | None = None) -> dict:

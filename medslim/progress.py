@@ -44,7 +44,6 @@ def _rich_progress(label: str):
     def callback(event: dict) -> None:
         nonlocal task
         if event["event"] == "step":
-            total = event["steps"] * event.get("epochs", 1)
             if task is None:
                 task = bar.add_task(label, total=None, info="")
             bar.update(task, info=f"epoch {event['epoch']} step {event['step']}/{event['steps']} "

@@ -56,10 +56,3 @@ class RunDir:
             return True
         shutil.rmtree(self.work, ignore_errors=True)
         return False
-
-
-def stage_in_run(run: Path, filename: str) -> Path:
-    """Where a command that adds a file to a finished run writes it (atomically)."""
-    if not run.is_dir():
-        raise ConfigError(f"run folder {run} does not exist")
-    return run / filename

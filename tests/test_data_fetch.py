@@ -13,7 +13,6 @@ import http.server
 import io
 import json
 import os
-import shutil
 import tarfile
 import threading
 import zipfile

@@ -133,3 +133,15 @@ def test_monai_networks_train_through_the_same_loop(tmp_path, shared_data, model
     run = train_run(cfg, data_path=shared_data, progress=False)
     assert 0 <= json.loads((run / "results.json").read_text())["test"]["dice"] <= 1
     assert load(run)(torch.zeros(1, 3, 32, 32)).shape == (1, 2, 32, 32)
+
+
+def test_sparsity_regulariser_shrinks_norm_scales(tmp_path, shared_data):
+    def scales(run):
+        model = load(run)
+        return sum(m.weight.abs().sum().item() for m in model.modules()
+                   if isinstance(m, torch.nn.InstanceNorm2d))
+
+    plain = train_run(_cfg("plain", tmp_path, extra=["train.epochs=2"]), data_path=shared_data, progress=False)
+    sparse = train_run(_cfg("sparse", tmp_path, extra=["train.epochs=2", "train.sparsity=0.01"]),
+                       data_path=shared_data, progress=False)
+    assert scales(sparse) < scales(plain)

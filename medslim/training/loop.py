@@ -83,8 +83,14 @@ def score_of(metrics: dict) -> float:
 
 
 def fit(model: nn.Module, data, cfg: dict, workdir: Path, resume: bool = False,
-        progress: Callable[[dict], None] | None = None) -> FitResult:
-    """Train ``model`` in place; leaves the best weights loaded into it."""
+        progress: Callable[[dict], None] | None = None,
+        after_backward: Callable[[nn.Module], None] | None = None) -> FitResult:
+    """Train ``model`` in place; leaves the best weights loaded into it.
+
+    ``after_backward(model)`` runs between ``backward`` and the optimizer step:
+    the place for gradient regularisers such as network slimming's L1 on
+    norm scales, which the compression layer provides.
+    """
     tcfg = cfg["train"]
     if tcfg["threads"]:
         torch.set_num_threads(int(tcfg["threads"]))
@@ -99,7 +105,7 @@ def fit(model: nn.Module, data, cfg: dict, workdir: Path, resume: bool = False,
         start = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(tcfg, epoch)
-        train_loss = _train_epoch(model, data, loss_fn, optimizer, cfg, epoch, progress)
+        train_loss = _train_epoch(model, data, loss_fn, optimizer, cfg, epoch, progress, after_backward)
         record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss,
                                   "lr": optimizer.param_groups[0]["lr"]}
         if (epoch + 1) % tcfg["val_every"] == 0 or epoch + 1 == tcfg["epochs"]:
@@ -121,7 +127,7 @@ def fit(model: nn.Module, data, cfg: dict, workdir: Path, resume: bool = False,
     return FitResult(state["best_epoch"], state["best_score"], state["epoch"], state["train_seconds"])
 
 
-def _train_epoch(model, data, loss_fn, optimizer, cfg, epoch, progress) -> float:
+def _train_epoch(model, data, loss_fn, optimizer, cfg, epoch, progress, after_backward=None) -> float:
     tcfg = cfg["train"]
     epoch_seed = cfg["seed"] * 100_003 + epoch
     data.train.reseed(epoch_seed)
@@ -143,6 +149,8 @@ def _train_epoch(model, data, loss_fn, optimizer, cfg, epoch, progress) -> float
             raise FloatingPointError(f"the training loss became {loss.item()} at epoch {epoch + 1}, "
                                      f"step {step + 1}; try a lower train.lr")
         loss.backward()
+        if after_backward is not None:
+            after_backward(model)
         optimizer.step()
         total += loss.item()
         count += 1

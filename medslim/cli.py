@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "bn_stats, random, or uniform (same fraction everywhere, trained from scratch)")
     p.add_argument("--flops-ratio", type=float, help="fraction of FLOPs to keep, e.g. 0.25")
     p.add_argument("--params-ratio", type=float, help="fraction of parameters to keep")
+    p.add_argument("--latency-ms", type=float, help="or: a PyTorch latency target at batch 1, 1 thread")
     p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tuning epochs after each step")
     p.add_argument("--finetune-lr", type=float, help="default: the run's learning rate / 10")
     p.add_argument("--schedule", choices=["oneshot", "iterative"], default="oneshot")
@@ -165,14 +166,15 @@ def cmd_export(args) -> int:
 def cmd_prune(args) -> int:
     from medslim.jobs import prune_run
 
-    if args.flops_ratio is None and args.params_ratio is None:
+    if args.flops_ratio is None and args.params_ratio is None and args.latency_ms is None:
         from medslim.errors import ConfigError
 
-        raise ConfigError("give a target: --flops-ratio R or --params-ratio R")
+        raise ConfigError("give a target: --flops-ratio R, --params-ratio R or --latency-ms MS")
     run = prune_run(args.run, args.method, args.flops_ratio, args.params_ratio, args.finetune_epochs,
                     args.finetune_lr, args.steps if args.schedule == "iterative" else 1, args.scope,
                     args.max_fraction, args.round_to, args.name, args.output, args.data, args.overwrite,
-                    progress=not args.quiet, measure=not args.no_cost)
+                    progress=not args.quiet, measure=not args.no_cost,
+                    options={"latency_ms": args.latency_ms} if args.latency_ms else None)
     results = json.loads((run / "results.json").read_text())
     _print_results({"flops_ratio": results["flops_ratio"], "params_ratio": results["params_ratio"],
                     **results["test"]}, f"pruned with {args.method} ({run})")

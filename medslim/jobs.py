@@ -180,8 +180,7 @@ def prune_run(run: Path, method: str, flops_ratio: float | None = None, params_r
     cfg = read_run_config(run)
     model = load(run)
     shape = model.medslim_manifest.get("extra", {}).get("input_shape")
-    ratio = flops_ratio if flops_ratio is not None else params_ratio
-    name = name or f"{run.name}-{method}-{'f' if flops_ratio is not None else 'p'}{ratio:g}"
+    name = name or _pruned_name(run, method, flops_ratio, params_ratio, options)
     out = RunDir(output or run.parent, name)
     work = out.begin(overwrite=overwrite)
     try:
@@ -228,6 +227,14 @@ def prune_run(run: Path, method: str, flops_ratio: float | None = None, params_r
         shutil.rmtree(out.work, ignore_errors=True)  # pruning has no resume: leave nothing half-done
         raise
     return out.commit()
+
+
+def _pruned_name(run: Path, method: str, flops_ratio, params_ratio, options) -> str:
+    if flops_ratio is not None:
+        return f"{run.name}-{method}-f{flops_ratio:g}"
+    if params_ratio is not None:
+        return f"{run.name}-{method}-p{params_ratio:g}"
+    return f"{run.name}-{method}-{(options or {}).get('latency_ms', 0):g}ms"
 
 
 def save_split_copy(run: Path, work: Path) -> None:

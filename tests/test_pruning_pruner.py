@@ -117,3 +117,19 @@ def test_data_driven_criterion_through_the_pruner():
                for _ in range(2)]
     small = prune(_unet(), X2, method="taylor_gn", flops_ratio=0.5, data=batches)
     assert small.medslim_pruning.flops_ratio <= 0.5 * 1.001
+
+
+def test_latency_target_bisects_on_measured_latency(monkeypatch):
+    # a deterministic stand-in for the clock: latency proportional to FLOPs
+    import medslim.cost
+
+    monkeypatch.setattr(medslim.cost, "latency_torch",
+                        lambda net, x, threads=1, repeats=15: {"median_ms": count_flops(net, x) / 1e6})
+    net = _unet(channels=[16, 32, 64])
+    full_ms = count_flops(net, X2) / 1e6
+    small = prune(net, X2, method="l1", latency_ms=full_ms * 0.4)
+    achieved_ms = count_flops(small, X2) / 1e6
+    assert full_ms * 0.25 <= achieved_ms <= full_ms * 0.4
+    assert small.medslim_pruning.target == {"latency_ms": pytest.approx(full_ms * 0.4), "threads": 1}
+    with pytest.raises(PruningError, match="latency_ms=.* cannot be reached"):
+        prune(net, X2, method="l1", latency_ms=full_ms * 1e-4)

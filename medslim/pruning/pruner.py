@@ -69,7 +69,8 @@ class PruneReport:
 
 
 def prune(model: nn.Module, example_input, method: str = "l1", flops_ratio: float | None = None,
-          params_ratio: float | None = None, data: Iterable | None = None, *, scope: str = "global",
+          params_ratio: float | None = None, data: Iterable | None = None, *,
+          latency_ms: float | None = None, latency_threads: int = 1, scope: str = "global",
           max_fraction: float = 0.9, round_to: int = 1, ignored: Sequence = (), steps: int = 1,
           finetune: Callable[[nn.Module, int], None] | None = None, normalize: str | None = None,
           optimizer: torch.optim.Optimizer | None = None, inplace: bool = False,
@@ -84,6 +85,9 @@ def prune(model: nn.Module, example_input, method: str = "l1", flops_ratio: floa
             ``"uniform"``: every layer keeps the same fraction and the weights
             are re-initialised, the uniform-width baseline trained from scratch.
         flops_ratio / params_ratio: the fraction of FLOPs / parameters to keep.
+        latency_ms: instead, a measured PyTorch latency at the example's batch
+            with ``latency_threads`` threads: the FLOPs ratio is found by
+            bisection, each candidate pruned and timed.
         data: batches for data-driven criteria (Taylor, HRank).
         scope: ``"global"`` ranks channels across all layers; ``"local"``
             removes the same fraction from every layer.
@@ -104,6 +108,11 @@ def prune(model: nn.Module, example_input, method: str = "l1", flops_ratio: floa
     from medslim.cost import count_flops, count_params
     from medslim.pruning.criteria import get_criterion
 
+    if latency_ms is not None:
+        return _prune_to_latency(model, example_input, method, data, latency_ms, latency_threads,
+                                 scope=scope, max_fraction=max_fraction, round_to=round_to,
+                                 ignored=ignored, steps=steps, finetune=finetune, normalize=normalize,
+                                 **criterion_options)
     target = _check_target(flops_ratio, params_ratio)
     _check_options(scope, max_fraction, steps, normalize, optimizer, inplace)
     uniform = method == "uniform"
@@ -136,6 +145,45 @@ def prune(model: nn.Module, example_input, method: str = "l1", flops_ratio: floa
                          count_params(model), steps, scope, _widths(model), notes)
     model.medslim_pruning = report
     return model
+
+
+def _prune_to_latency(model, example_input, method, data, latency_ms, threads, **kwargs) -> nn.Module:
+    """The largest FLOPs ratio whose pruned model runs within ``latency_ms`` (bisection, 6 rounds).
+
+    Latency is noisy, so each candidate is timed with 15 repeats and judged by
+    its median; the report records the measured latency of the model chosen.
+    """
+    from medslim.cost import latency_torch
+
+    if not isinstance(latency_ms, (int, float)) or latency_ms <= 0:
+        raise ConfigError(f"latency_ms must be a positive number, got {latency_ms!r}")
+
+    def timed(net):
+        return latency_torch(net, example_input, threads=threads, repeats=15)["median_ms"]
+
+    if timed(model) <= latency_ms:
+        best, best_ms = prune(model, example_input, method, flops_ratio=1.0, data=data, **kwargs), None
+    else:
+        lo, hi, best, best_ms = 0.0, 1.0, None, None
+        for _ in range(6):
+            mid = (lo + hi) / 2
+            try:
+                candidate = prune(model, example_input, method, flops_ratio=mid, data=data, **kwargs)
+            except PruningError:
+                lo = mid  # below what the protected layers allow
+                continue
+            ms = timed(candidate)
+            if ms <= latency_ms:
+                best, best_ms, lo = candidate, ms, mid
+            else:
+                hi = mid
+        if best is None:
+            raise PruningError(f"latency_ms={latency_ms:g} cannot be reached: the smallest model "
+                               f"tried (flops_ratio={hi:.3f}) still takes longer")
+    best.medslim_pruning.target = {"latency_ms": float(latency_ms), "threads": threads}
+    best.medslim_pruning.notes.append(f"measured latency {best_ms if best_ms is not None else timed(best):.2f} ms "
+                                      f"({threads} thread(s), median of 15)")
+    return best
 
 
 # ----------------------------------------------------------------------------- cost model

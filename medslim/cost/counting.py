@@ -71,12 +71,19 @@ def count_flops(model: nn.Module, example_input: ExampleInput) -> int:
     counted, biases, norms, activations and pooling are not. See the module
     docstring for why.
     """
+    return flop_counts(model, example_input)["Global"]
+
+
+def flop_counts(model: nn.Module, example_input: ExampleInput) -> dict[str, int]:
+    """FLOPs per module path as the counter names them (``Global`` is the total)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     inputs = as_inputs(example_input)
     with evaluating(model), FlopCounterMode(display=False) as counter:
         model(*inputs)
-    return int(counter.get_total_flops())
+    counts = {k: int(sum(v.values())) for k, v in counter.get_flop_counts().items()}
+    counts["Global"] = int(counter.get_total_flops())
+    return counts
 
 
 def count_macs(model: nn.Module, example_input: ExampleInput) -> int:

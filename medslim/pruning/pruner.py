@@ -253,15 +253,9 @@ class CostModel:
 
 def _module_flops(model: nn.Module, example_input, named: dict[str, nn.Module]) -> tuple[dict[int, int], int]:
     """FLOPs of each conv/linear layer (by object) from PyTorch's flop counter, and the rest."""
-    from torch.utils.flop_counter import FlopCounterMode
+    from medslim.cost.counting import flop_counts
 
-    inputs = (example_input,) if torch.is_tensor(example_input) else tuple(example_input)
-    was = model.training
-    model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(*inputs)
-    model.train(was)
-    counts = {k: sum(v.values()) for k, v in counter.get_flop_counts().items()}
+    counts = flop_counts(model, example_input)
     root = type(model).__name__
     layers: dict[int, int] = {}
     for name, module in named.items():

@@ -80,7 +80,8 @@ def _summarise(dice: np.ndarray, hd: np.ndarray | None, names: Sequence[str]) ->
         for i, name in enumerate(names):
             col = hd[:, i]
             result["hd95_per_class"][name] = float(np.nanmean(col)) if np.isfinite(col).any() else math.nan
-        result["hd95"] = float(np.nanmean(list(result["hd95_per_class"].values())))
+        defined = [v for v in result["hd95_per_class"].values() if not math.isnan(v)]
+        result["hd95"] = float(np.mean(defined)) if defined else math.nan
         result["hd95_undefined"] = int(np.isnan(hd).sum())
     return result
 

@@ -22,3 +22,14 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.skip(f"real data not found at {path}: set MEDSLIM_DATA to the shared data folder")
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: the machine is shared, and tiny models run fastest on one anyway."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

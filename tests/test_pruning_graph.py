@@ -10,13 +10,7 @@ from medslim.pruning import DependencyGraph, PruningError
 X2 = torch.randn(1, 1, 16, 16)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The machine is shared; tiny models are fastest on one thread anyway."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def unet(**kw):

@@ -1,27 +1,19 @@
 """Physical pruning: equivalence with masks, optimizer state, rules, and network coverage."""
 
 import pytest
-
-from medslim.cost import count_flops, export_onnx
-from medslim.pruning import prune
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
 from medslim.artifacts import load, save
+from medslim.cost import count_flops, export_onnx
 from medslim.models import build_model
 from medslim.models.unet import UNet
-from medslim.pruning import DependencyGraph, PruningError, mask_channels, prune_channels
+from medslim.pruning import DependencyGraph, PruningError, mask_channels, prune, prune_channels
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The machine is shared; tiny models are fastest on one thread anyway."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------- helpers

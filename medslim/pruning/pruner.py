@@ -105,7 +105,7 @@ def prune(model: nn.Module, example_input, method: str = "l1", flops_ratio: floa
 
         >>> small = prune(net, torch.zeros(1, 3, 128, 128), method="l1", flops_ratio=0.25)
     """
-    from medslim.cost import count_flops, count_params
+    from medslim.cost import count_params
     from medslim.pruning.criteria import get_criterion
 
     if latency_ms is not None:
@@ -121,7 +121,7 @@ def prune(model: nn.Module, example_input, method: str = "l1", flops_ratio: floa
         raise ConfigError(f"pruning method {method!r} needs data: pass data=<batches>")
     model = model if inplace else copy.deepcopy(model)
     was_training = model.training
-    flops0, params0 = count_flops(model, example_input), count_params(model)
+    flops0, params0 = None, count_params(model)
     notes: list[str] = []
     scope = "local" if uniform else scope
     for step in range(1, steps + 1):
@@ -132,17 +132,19 @@ def prune(model: nn.Module, example_input, method: str = "l1", flops_ratio: floa
         scores = _uniform_scores(graph) if uniform else criterion.scores(model, graph, data)
         scores = _normalized(scores, normalize or DEFAULT_NORMALIZE.get(method, "mean"), scope)
         cost = CostModel(model, graph, example_input)
+        flops0 = flops0 if flops0 is not None else cost.measured  # the same count, one forward less
         keep = select(graph, scores, cost, step_target, flops0, params0, scope, max_fraction)
         prune_channels(model, graph, keep, optimizer=optimizer)
-        _correct(model, example_input, step_target, flops0, params0, ignored, round_to, scope,
-                 max_fraction, optimizer, notes)
+        flops_now = _correct(model, example_input, step_target, flops0, params0, ignored, round_to,
+                             scope, max_fraction, optimizer, notes)
         if finetune is not None:
             finetune(model, step)
     if uniform:
         reinitialize(model)
     model.train(was_training)
-    report = PruneReport(method, target, flops0, count_flops(model, example_input), params0,
-                         count_params(model), steps, scope, _widths(model), notes)
+    # re-initialising changes no shape, so the count measured after the last step holds
+    report = PruneReport(method, target, flops0, flops_now, params0, count_params(model), steps,
+                         scope, _widths(model), notes)
     model.medslim_pruning = report
     return model
 
@@ -203,6 +205,7 @@ class CostModel:
     def __init__(self, model: nn.Module, graph: DependencyGraph, example_input):
         named = dict(model.named_modules(remove_duplicate=False))
         self.flops, self.const_flops = _module_flops(model, example_input, named)
+        self.measured = int(sum(self.flops.values()) + self.const_flops)  # the counter's total
         self.params = {id(m): _param_sizes(m) for m in model.modules() if _param_sizes(m)}
         self.width: dict[tuple[int, str], int] = {}
         self.touch: dict[int, list[tuple[int, str, int]]] = {}  # group -> (layer, axis, channels per unit)
@@ -391,8 +394,10 @@ def _local_counts(groups, limits, cost, target, flops0, params0) -> dict[int, in
 
 
 def _correct(model, example_input, target, flops0, params0, ignored, round_to, scope,
-             max_fraction, optimizer, notes: list[str]) -> None:
+             max_fraction, optimizer, notes: list[str]) -> int:
     """If the measured cost misses the target (cost outside conv layers), prune a little more.
+
+    Returns the FLOPs measured last, so callers need not count again.
 
     The extra channels are chosen by L1 norm: the main criterion already made
     the big choice, and this pass only trims what the cost model missed.
@@ -404,7 +409,7 @@ def _correct(model, example_input, target, flops0, params0, ignored, round_to, s
         now = {"flops": count_flops(model, example_input), "params": count_params(model)}
         base = {"flops": flops0, "params": params0}
         if all(now[k] <= target[k] * base[k] * 1.001 for k in target):
-            return
+            return now["flops"]
         graph = DependencyGraph(model, example_input, ignored=ignored, round_to=round_to)
         scores = _normalized(get_criterion("l1").scores(model, graph, None), "mean", scope)
         sub_target = {k: min(1.0, target[k] * base[k] / now[k]) for k in target}
@@ -413,8 +418,9 @@ def _correct(model, example_input, target, flops0, params0, ignored, round_to, s
                           now["flops"], now["params"], scope, max_fraction)
         except PruningError as err:
             notes.append(f"the measured cost is above the target and cannot be trimmed further: {err}")
-            return
+            return now["flops"]
         prune_channels(model, graph, keep, optimizer=optimizer)
+    return count_flops(model, example_input)
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from medslim.errors import ConfigError
+from medslim.errors import ConfigError, unknown_name
 from medslim.pruning.graph import ChannelGroup, DependencyGraph, PruningError
 from medslim.pruning.surgery import prune_channels
 
@@ -106,7 +106,7 @@ def prune(model: nn.Module, example_input, method: str = "l1", flops_ratio: floa
         >>> small = prune(net, torch.zeros(1, 3, 128, 128), method="l1", flops_ratio=0.25)
     """
     from medslim.cost import count_params
-    from medslim.pruning.criteria import get_criterion
+    from medslim.pruning.criteria import CRITERIA, get_criterion
 
     if latency_ms is not None:
         return _prune_to_latency(model, example_input, method, data, latency_ms, latency_threads,
@@ -116,6 +116,8 @@ def prune(model: nn.Module, example_input, method: str = "l1", flops_ratio: floa
     target = _check_target(flops_ratio, params_ratio)
     _check_options(scope, max_fraction, steps, normalize, optimizer, inplace)
     uniform = method == "uniform"
+    if not uniform and method not in CRITERIA:
+        raise unknown_name("pruning method", method, [*CRITERIA, "uniform"])
     criterion = None if uniform else get_criterion(method, **criterion_options)
     if criterion is not None and criterion.needs_data and data is None:
         raise ConfigError(f"pruning method {method!r} needs data: pass data=<batches>")

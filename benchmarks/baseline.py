@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 CONFIGS = {"kvasir": "kvasir-unet", "hippocampus": "hippocampus-unet"}
 
 
@@ -75,7 +77,7 @@ def measure_one(run: Path, args) -> None:
 
 def row(run: Path) -> dict:
     results = json.loads((run / "results.json").read_text())
-    config = json.loads(json.dumps(__import__("yaml").safe_load((run / "config.yaml").read_text())))
+    config = yaml.safe_load((run / "config.yaml").read_text())
     cost = json.loads((run / "cost.json").read_text()) if (run / "cost.json").exists() else {}
     test = results["test"]
     out = {

@@ -47,9 +47,8 @@ def load_data(cfg: dict, data_path: str | None = None, split: dict | None = None
     from medslim.data.locate import find_dataset
 
     data_cfg = dict(cfg["data"])
-    path = data_path or data_cfg.pop("path", None)
-    data_cfg.pop("path", None)
-    root = find_dataset(data_cfg["dataset"], path)
+    saved_path = data_cfg.pop("path", None)  # build_data knows no "path" key
+    root = find_dataset(data_cfg["dataset"], data_path or saved_path)
     return build_data(data_cfg, root, split=split), root
 
 
@@ -265,17 +264,9 @@ def _resume_config(work: Path, cfg: dict) -> dict:
 
 
 def _evaluate(model, data, cfg: dict, split: str) -> dict:
-    from medslim.training.evaluate import evaluate_classification, evaluate_segmentation
+    from medslim.training.evaluate import evaluate_split
 
-    items = getattr(data, split, None)
-    if items is None:
-        raise ConfigError(f"unknown split {split!r}; choose val or test")
-    info = data.info
-    if info.task == "classification":
-        return evaluate_classification(model, items, info.num_classes, cfg["eval"]["batch_size"])
-    return evaluate_segmentation(model, items, info.num_classes, info.class_names,
-                                 patch_size=info.input_size, overlap=cfg["eval"]["overlap"],
-                                 hd95=cfg["eval"]["hd95"], batch_size=cfg["eval"]["batch_size"])
+    return evaluate_split(model, data, cfg["eval"], split)
 
 
 def _manifest_extra(cfg: dict, info) -> dict[str, Any]:

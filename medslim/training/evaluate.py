@@ -105,8 +105,28 @@ def evaluate_classification(model: nn.Module, items: Sequence[dict], num_classes
     if num_classes == 2:
         auc = compute_roc_auc(prob[:, 1], label)
     else:
-        auc = compute_roc_auc(prob, _onehot(label, num_classes)[..., None].squeeze(-1), average="macro")
+        auc = compute_roc_auc(prob, _onehot(label, num_classes), average="macro")
     return {"n_cases": int(len(label)), "accuracy": accuracy, "auc": float(auc)}
+
+
+def evaluate_split(model: nn.Module, data, eval_cfg: dict, split: str = "test",
+                   hd95: bool | None = None) -> dict:
+    """Metrics of ``model`` on one split of a :class:`TaskData` (``val`` or ``test``).
+
+    ``hd95`` defaults to ``eval_cfg["hd95"]``; validation during training
+    turns it off because it costs more than the Dice.
+    """
+    from medslim.errors import ConfigError
+
+    if split not in ("val", "test"):
+        raise ConfigError(f"unknown split {split!r}; choose val or test")
+    items, info = getattr(data, split), data.info
+    if info.task == "classification":
+        return evaluate_classification(model, items, info.num_classes, eval_cfg["batch_size"])
+    return evaluate_segmentation(model, items, info.num_classes, info.class_names,
+                                 patch_size=info.input_size, overlap=eval_cfg["overlap"],
+                                 hd95=eval_cfg["hd95"] if hd95 is None else hd95,
+                                 batch_size=eval_cfg["batch_size"])
 
 
 def _batches(items: Sequence[dict], size: int):

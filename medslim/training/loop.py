@@ -21,7 +21,7 @@ from torch import nn
 from medslim._io import append_jsonl
 from medslim.artifacts import load_tensors, save_tensors
 from medslim.training.checkpoint import load_checkpoint, save_checkpoint
-from medslim.training.evaluate import evaluate_classification, evaluate_segmentation
+from medslim.training.evaluate import evaluate_split
 from medslim.training.losses import make_loss
 
 CHECKPOINT = "checkpoint"
@@ -68,15 +68,6 @@ def learning_rate(cfg: dict, epoch: int) -> float:
     return cfg["lr"]
 
 
-def validate(model: nn.Module, data, cfg: dict, hd95: bool = False) -> dict:
-    info = data.info
-    if info.task == "classification":
-        return evaluate_classification(model, data.val, info.num_classes, cfg["eval"]["batch_size"])
-    return evaluate_segmentation(model, data.val, info.num_classes, info.class_names,
-                                 patch_size=info.input_size, overlap=cfg["eval"]["overlap"],
-                                 hd95=hd95, batch_size=cfg["eval"]["batch_size"])
-
-
 def score_of(metrics: dict) -> float:
     """The number that picks the best epoch: mean foreground Dice, or AUC."""
     return metrics["dice"] if "dice" in metrics else metrics["auc"]
@@ -109,7 +100,7 @@ def fit(model: nn.Module, data, cfg: dict, workdir: Path, resume: bool = False,
         record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss,
                                   "lr": optimizer.param_groups[0]["lr"]}
         if (epoch + 1) % tcfg["val_every"] == 0 or epoch + 1 == tcfg["epochs"]:
-            val = validate(model, data, cfg)
+            val = evaluate_split(model, data, cfg["eval"], "val", hd95=False)
             record["val"] = val
             if score_of(val) > state["best_score"]:
                 state["best_score"], state["best_epoch"] = score_of(val), epoch + 1

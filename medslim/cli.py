@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing run of this name once the new one succeeds")
     p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.add_argument("--prune", metavar="METHOD",
+                   help="prune while training: sauron (options with -o prune.lam=0.5 ...)")
 
     p = _sub(sub, "evaluate", "evaluate a finished run on its saved split")
     p.add_argument("run", type=Path)
@@ -70,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-lr", type=float, help="default: the run's learning rate / 10")
     p.add_argument("--schedule", choices=["oneshot", "iterative"], default="oneshot")
     p.add_argument("--steps", type=int, default=4, help="steps of the iterative schedule")
+    p.add_argument("--dice-tolerance", type=float,
+                   help="iterative: stop before the step whose validation Dice (AUC) falls more than "
+                        "this below the unpruned model's, e.g. 0.01")
     p.add_argument("--scope", choices=["global", "local"], default="global")
     p.add_argument("--max-fraction", type=float, default=0.9, help="the most one layer may lose")
     p.add_argument("--round-to", type=int, default=1, help="keep widths multiples of this")
@@ -123,7 +128,8 @@ def cmd_train(args) -> int:
     from medslim.config import load_config
     from medslim.jobs import train_run
 
-    cfg = load_config(args.config, args.overrides)
+    overrides = [*args.overrides, *([f"prune.method={args.prune}"] if args.prune else [])]
+    cfg = load_config(args.config, overrides)
     if args.name:
         cfg["name"] = args.name
     if args.output:
@@ -173,7 +179,7 @@ def cmd_prune(args) -> int:
     run = prune_run(args.run, args.method, args.flops_ratio, args.params_ratio, args.finetune_epochs,
                     args.finetune_lr, args.steps if args.schedule == "iterative" else 1, args.scope,
                     args.max_fraction, args.round_to, args.name, args.output, args.data, args.overwrite,
-                    progress=not args.quiet, measure=not args.no_cost,
+                    progress=not args.quiet, measure=not args.no_cost, dice_tolerance=args.dice_tolerance,
                     options={"latency_ms": args.latency_ms} if args.latency_ms else None)
     results = json.loads((run / "results.json").read_text())
     _print_results({"flops_ratio": results["flops_ratio"], "params_ratio": results["params_ratio"],

@@ -1,6 +1,6 @@
 """Run configuration: YAML files with ``key.sub=value`` command-line overrides.
 
-A config has five sections (data, model, train, eval, cost) plus a run name,
+A config has six sections (data, model, train, eval, cost, prune) plus a run name,
 a seed and an output folder. Unknown keys are refused here for the sections
 this module owns; ``data`` and ``model`` are checked by their builders.
 """
@@ -46,6 +46,8 @@ DEFAULTS: dict[str, Any] = {
         "repeats": 20,
         "onnx": True,
     },
+    # pruning while training: method null (none) or "sauron", plus that method's options
+    "prune": {"method": None},
 }
 SECTIONS_CHECKED_HERE = ("train", "eval", "cost")
 CHOICES = {
@@ -157,6 +159,8 @@ def validate(cfg: dict) -> None:
             raise ConfigError(f"train.{key} must be a positive integer, got {value!r}")
     if not isinstance(cfg["data"], dict) or "dataset" not in cfg["data"]:
         raise ConfigError("config section 'data' needs a 'dataset' key")
+    if not isinstance(cfg["prune"], dict) or "method" not in cfg["prune"]:
+        raise ConfigError("config section 'prune' needs a 'method' key (null for no pruning)")
     if not isinstance(cfg["model"], dict) or "name" not in cfg["model"]:
         raise ConfigError("config section 'model' needs a 'name' key")
 

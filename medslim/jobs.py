@@ -76,13 +76,13 @@ def train_run(cfg: dict, data_path: str | None = None, resume: bool = False,
         seed_everything(cfg["seed"], cfg["train"]["deterministic"])  # initial weights too
         model = build_model(fill_model_spec(cfg["model"], data.info))
         result = fit(model, data, cfg, work, resume=resume, progress=callback,
-                     after_backward=sparsity_regulariser(cfg["train"]["sparsity"]))
+                     hook=training_hook(cfg, data.info))
         close()
         test = _evaluate(model, data, cfg, "test")
         results = {"dataset": cfg["data"]["dataset"], "data_root": str(root),
                    "best_epoch": result.best_epoch, "best_val_score": result.best_score,
                    "epochs": result.epochs_run, "train_seconds": result.train_seconds,
-                   "test": test}
+                   "test": test, **_size_of(model, data.info)}
         save(model, work, extra=_manifest_extra(cfg, data.info))
         write_json(work / "results.json", results)
     except BaseException:
@@ -95,6 +95,34 @@ def train_run(cfg: dict, data_path: str | None = None, resume: bool = False,
                   f"--resume --name {cfg['name']}", file=sys.stderr)
         raise
     return run.commit()
+
+
+def training_hook(cfg: dict, info):
+    """What acts during training: in-training pruning (``prune.method``), the sparsity L1, or None."""
+    method = cfg["prune"]["method"]
+    if method:
+        import torch
+
+        from medslim.pruning import training_pruner
+
+        options = {k: v for k, v in cfg["prune"].items() if k != "method"}
+        options.setdefault("seed", cfg["seed"])
+        return training_pruner(method, torch.zeros(1, info.in_channels, *info.input_size), **options)
+    regulariser = sparsity_regulariser(cfg["train"]["sparsity"])
+    if regulariser is None:
+        return None
+    from medslim.training.hooks import AfterBackward
+
+    return AfterBackward(regulariser)
+
+
+def _size_of(model, info) -> dict:
+    import torch
+
+    from medslim.cost import count_flops, count_params
+
+    example = torch.zeros(1, info.in_channels, *info.input_size)
+    return {"params": count_params(model), "flops": count_flops(model, example)}
 
 
 def sparsity_regulariser(lam: float):
@@ -159,13 +187,15 @@ def prune_run(run: Path, method: str, flops_ratio: float | None = None, params_r
               scope: str = "global", max_fraction: float = 0.9, round_to: int = 1,
               name: str | None = None, output: str | Path | None = None, data_path: str | None = None,
               overwrite: bool = False, progress: bool = True, measure: bool = True,
-              options: dict | None = None) -> Path:
+              dice_tolerance: float | None = None, options: dict | None = None) -> Path:
     """Prune a trained run's model, optionally fine-tune it, and write a new run folder.
 
     The new folder holds the pruned model, its test metrics, the pruning
     report (widths, achieved ratios) and, with ``measure``, its cost. The
     fine-tuning uses the run's own training settings with the learning rate
-    divided by 10 unless ``finetune_lr`` is given.
+    divided by 10 unless ``finetune_lr`` is given. With ``dice_tolerance``
+    (iterative schedules), pruning stops before the first step whose
+    fine-tuned validation score falls more than that below the unpruned one.
     """
     import torch
 
@@ -202,9 +232,11 @@ def prune_run(run: Path, method: str, flops_ratio: float | None = None, params_r
                 close()
 
         start = time.perf_counter()
+        stop_when = _tolerance_check(model, data, cfg, dice_tolerance)
         pruned = prune(model, torch.zeros(*shape), method=method, flops_ratio=flops_ratio,
                        params_ratio=params_ratio, data=loader, scope=scope, max_fraction=max_fraction,
-                       round_to=round_to, steps=steps, finetune=finetune, **(options or {}))
+                       round_to=round_to, steps=steps, finetune=finetune, stop_when=stop_when,
+                       **(options or {}))
         seconds = time.perf_counter() - start
         report = pruned.medslim_pruning.to_dict()
         test = _evaluate(pruned, data, cfg, "test")
@@ -226,6 +258,22 @@ def prune_run(run: Path, method: str, flops_ratio: float | None = None, params_r
         shutil.rmtree(out.work, ignore_errors=True)  # pruning has no resume: leave nothing half-done
         raise
     return out.commit()
+
+
+def _tolerance_check(model, data, cfg: dict, tolerance: float | None):
+    """``stop_when`` for the pruner: the validation score fell more than ``tolerance``."""
+    if tolerance is None:
+        return None
+    if not isinstance(tolerance, (int, float)) or tolerance < 0:
+        raise ConfigError(f"--dice-tolerance must be a non-negative number, got {tolerance!r}")
+    from medslim.training.evaluate import evaluate_split
+    from medslim.training.loop import score_of
+
+    def score(net) -> float:
+        return score_of(evaluate_split(net, data, cfg["eval"], "val", hd95=False))
+
+    reference = score(model)
+    return lambda net: reference - score(net) > tolerance
 
 
 def _pruned_name(run: Path, method: str, flops_ratio, params_ratio, options) -> str:

@@ -92,6 +92,15 @@ def test_prune_writes_a_smaller_run_that_loads_and_exports(tmp_path, shared_data
     from medslim.cost import count_params
 
     assert count_params(load(pruned)) < count_params(load(runs / "base"))
+    # a Dice tolerance of 1 always holds (the undo itself is tested in test_pruning_pruner)
+    assert main(["prune", str(runs / "base"), "--method", "l1", "--flops-ratio", "0.5", "--schedule",
+                 "iterative", "--steps", "2", "--dice-tolerance", "1", "--name", "tol", "--quiet",
+                 "--no-cost"]) == 0
+    tol = json.loads((runs / "tol" / "pruning.json").read_text())
+    assert tol["steps"] == 2 and not any("stopped" in n for n in tol["notes"])
+    assert main(["prune", str(runs / "base"), "--method", "l1", "--flops-ratio", "0.5",
+                 "--dice-tolerance", "-0.5", "--name", "neg", "--quiet", "--no-cost"]) == 2
+    assert "--dice-tolerance" in capsys.readouterr().err
     code = main(["prune", str(runs / "base"), "--method", "l1", "--flops-ratio", "0.0001", "--name", "tiny"])
     assert code == 2 and "smallest reachable flops_ratio" in capsys.readouterr().err
     assert not (runs / "tiny").exists() and not (runs / ".tiny.partial").exists()

@@ -87,6 +87,31 @@ def test_iterative_schedule_calls_finetune_each_step():
     assert small.medslim_pruning.flops_ratio <= 0.3 * 1.001
 
 
+def test_max_fraction_bounds_the_whole_iterative_schedule():
+    base = _unet()
+    before = {g.key: g.size for g in DependencyGraph(base, X2).prunable_groups()}
+    small = prune(base, X2, method="taylor_gn", flops_ratio=0.2, steps=3, max_fraction=0.75,
+                  data=[(torch.randn(2, 3, 32, 32), torch.randint(0, 2, (2, 1, 32, 32)))])
+    after = {g.key: g.size for g in DependencyGraph(small, X2).prunable_groups()}
+    assert all(after[k] >= before[k] // 4 for k in before)
+
+
+def test_stop_when_undoes_the_step_that_went_too_far():
+    seen = []
+
+    def too_small(model):
+        seen.append(count_flops(model, X2))
+        return len(seen) == 3  # the third step is one too many
+
+    base = _unet()
+    small = prune(base, X2, method="l1", flops_ratio=0.2, steps=4, stop_when=too_small)
+    report = small.medslim_pruning
+    assert report.steps == 2 and "stopped after step 2" in report.notes[-1]
+    assert count_flops(small, X2) == seen[1] == report.flops_after > seen[2]
+    with pytest.raises(ConfigError, match="inplace"):
+        prune(base, X2, method="l1", flops_ratio=0.5, inplace=True, stop_when=too_small)
+
+
 def test_in_place_pruning_slices_the_optimizer_and_training_goes_on():
     net = _unet()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)

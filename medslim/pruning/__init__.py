@@ -9,7 +9,28 @@ go together), ``criteria`` (how important each channel is), ``pruner``
 from medslim.pruning.graph import (ChannelGroup, Consumer, DependencyGraph, Norm, Producer,
                                    PruningError, Site)
 from medslim.pruning.pruner import PruneReport, prune
+from medslim.pruning.sauron import Sauron
 from medslim.pruning.surgery import MaskHandle, mask_channels, prune_channels
 
-__all__ = ["ChannelGroup", "Consumer", "DependencyGraph", "MaskHandle", "Norm", "Producer",
+# methods that prune while the network trains, as training hooks
+TRAINING_METHODS = {"sauron": Sauron}
+
+
+def training_pruner(method: str, example_input, **options):
+    """The training hook of an in-training pruning method, e.g. ``"sauron"``."""
+    import inspect
+
+    from medslim.errors import ConfigError, unknown_name
+
+    if method not in TRAINING_METHODS:
+        raise unknown_name("in-training pruning method", method, TRAINING_METHODS)
+    cls = TRAINING_METHODS[method]
+    allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "example_input")]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ConfigError(f"unknown option prune.{unknown[0]} for {method!r}; allowed: "
+                          + ", ".join(f"prune.{a}" for a in allowed))
+    return cls(example_input, **options)
+
+__all__ = ["TRAINING_METHODS", "Sauron", "training_pruner", "ChannelGroup", "Consumer", "DependencyGraph", "MaskHandle", "Norm", "Producer",
            "PruneReport", "PruningError", "Site", "mask_channels", "prune", "prune_channels"]

@@ -153,6 +153,11 @@ class ChannelGroup:
         seen = [m.module for m in (*self.producers, *self.norms, *self.consumers)]
         return list(dict.fromkeys(seen))
 
+    @property
+    def key(self) -> str:
+        """A name that survives surgeries and re-traces (ids do not): its producer layers."""
+        return "+".join(sorted({p.module for p in self.producers}))
+
     def describe(self) -> str:
         """A short label for messages: id, width and the first layer."""
         first = self.modules()[0] if self.modules() else "no layer"

@@ -74,6 +74,7 @@ def prune(model: nn.Module, example_input, method: str = "l1", flops_ratio: floa
           max_fraction: float = 0.9, round_to: int = 1, ignored: Sequence = (), steps: int = 1,
           finetune: Callable[[nn.Module, int], None] | None = None, normalize: str | None = None,
           optimizer: torch.optim.Optimizer | None = None, inplace: bool = False,
+          stop_when: Callable[[nn.Module], bool] | None = None,
           **criterion_options) -> nn.Module:
     """Return a physically smaller copy of ``model`` that meets the target.
 
@@ -100,6 +101,9 @@ def prune(model: nn.Module, example_input, method: str = "l1", flops_ratio: floa
             (``mean``, ``max``, ``l2``, ``none``; default depends on the method).
         optimizer: sliced alongside the model (for pruning inside training);
             only with ``inplace=True``.
+        stop_when: checked after each step (and its fine-tuning); when it
+            returns True, that step is undone and pruning stops there, e.g.
+            "the validation Dice fell more than 1 point". Not with ``inplace``.
 
     Example::
 
@@ -115,6 +119,8 @@ def prune(model: nn.Module, example_input, method: str = "l1", flops_ratio: floa
                                  **criterion_options)
     target = _check_target(flops_ratio, params_ratio)
     _check_options(scope, max_fraction, steps, normalize, optimizer, inplace)
+    if stop_when is not None and inplace:
+        raise ConfigError("stop_when undoes a step on a copy: it cannot be used with inplace=True")
     uniform = method == "uniform"
     if not uniform and method not in CRITERIA:
         raise unknown_name("pruning method", method, [*CRITERIA, "uniform"])
@@ -126,27 +132,37 @@ def prune(model: nn.Module, example_input, method: str = "l1", flops_ratio: floa
     flops0, params0 = None, count_params(model)
     notes: list[str] = []
     scope = "local" if uniform else scope
+    steps_done, flops_now = 0, None
+    original: dict[str, int] = {}  # widths before step 1: max_fraction holds across steps
     for step in range(1, steps + 1):
+        before = copy.deepcopy(model) if stop_when is not None else None
         fraction = step / steps
         step_target = {k: v ** fraction for k, v in target.items()}
         graph = DependencyGraph(model, example_input, ignored=ignored, round_to=round_to)
         notes += [n for n in graph.notes if n not in notes]
+        original = original or {g.key: g.size for g in graph.groups}
         scores = _uniform_scores(graph) if uniform else criterion.scores(model, graph, data)
         scores = _normalized(scores, normalize or DEFAULT_NORMALIZE.get(method, "mean"), scope)
         cost = CostModel(model, graph, example_input)
         flops0 = flops0 if flops0 is not None else cost.measured  # the same count, one forward less
-        keep = select(graph, scores, cost, step_target, flops0, params0, scope, max_fraction)
+        keep = select(graph, scores, cost, step_target, flops0, params0, scope, max_fraction, original)
         prune_channels(model, graph, keep, optimizer=optimizer)
         flops_now = _correct(model, example_input, step_target, flops0, params0, ignored, round_to,
-                             scope, max_fraction, optimizer, notes)
+                             scope, max_fraction, optimizer, notes, original)
         if finetune is not None:
             finetune(model, step)
+        if before is not None and stop_when(model):
+            notes.append(f"stopped after step {step - 1} of {steps}: step {step} went past the "
+                         f"tolerance and was undone")
+            model, flops_now = before, (_measured_flops(before, example_input) if step > 1 else flops0)
+            break
+        steps_done = step
     if uniform:
         reinitialize(model)
     model.train(was_training)
     # re-initialising changes no shape, so the count measured after the last step holds
-    report = PruneReport(method, target, flops0, flops_now, params0, count_params(model), steps,
-                         scope, _widths(model), notes)
+    report = PruneReport(method, target, flops0, flops_now, params0, count_params(model),
+                         steps_done, scope, _widths(model), notes)
     model.medslim_pruning = report
     return model
 
@@ -295,10 +311,15 @@ def _axis_width(module: nn.Module, axis: str) -> int:
 
 def select(graph: DependencyGraph, scores: dict[int, torch.Tensor], cost: CostModel,
            target: dict[str, float], flops0: int, params0: int, scope: str,
-           max_fraction: float) -> dict[int, torch.Tensor]:
-    """Channels to keep per group so the cost model meets ``target``."""
+           max_fraction: float, original: dict[str, int] | None = None) -> dict[int, torch.Tensor]:
+    """Channels to keep per group so the cost model meets ``target``.
+
+    ``original`` maps group keys to their widths before any pruning step, so
+    that ``max_fraction`` bounds the total loss of an iterative schedule.
+    """
     groups = {g.id: g for g in graph.prunable_groups() if g.id in scores}
-    limits = {gid: _max_drop(g, max_fraction) for gid, g in groups.items()}
+    limits = {gid: _max_drop(g, max_fraction, (original or {}).get(g.key, g.size))
+              for gid, g in groups.items()}
     _check_reachable(cost, limits, target, flops0, params0)
     order = {gid: torch.argsort(scores[gid], stable=True) for gid in groups}
     if scope == "local":
@@ -321,10 +342,10 @@ def _met(cost: CostModel, target: dict[str, float], flops0: int, params0: int) -
     return ok
 
 
-def _max_drop(group: ChannelGroup, max_fraction: float) -> int:
+def _max_drop(group: ChannelGroup, max_fraction: float, original: int | None = None) -> int:
     """The most channels a group may lose: the kept width stays a multiple of its divisor."""
     d = group.divisor
-    min_keep = max(d, math.ceil(group.size * (1 - max_fraction) / d) * d)
+    min_keep = max(d, math.ceil((original or group.size) * (1 - max_fraction) / d) * d)
     return max(0, group.size - min_keep)
 
 
@@ -395,8 +416,14 @@ def _local_counts(groups, limits, cost, target, flops0, params0) -> dict[int, in
     return result
 
 
+def _measured_flops(model: nn.Module, example_input) -> int:
+    from medslim.cost import count_flops
+
+    return count_flops(model, example_input)
+
+
 def _correct(model, example_input, target, flops0, params0, ignored, round_to, scope,
-             max_fraction, optimizer, notes: list[str]) -> int:
+             max_fraction, optimizer, notes: list[str], original: dict[str, int] | None = None) -> int:
     """If the measured cost misses the target (cost outside conv layers), prune a little more.
 
     Returns the FLOPs measured last, so callers need not count again.
@@ -417,7 +444,7 @@ def _correct(model, example_input, target, flops0, params0, ignored, round_to, s
         sub_target = {k: min(1.0, target[k] * base[k] / now[k]) for k in target}
         try:
             keep = select(graph, scores, CostModel(model, graph, example_input), sub_target,
-                          now["flops"], now["params"], scope, max_fraction)
+                          now["flops"], now["params"], scope, max_fraction, original)
         except PruningError as err:
             notes.append(f"the measured cost is above the target and cannot be trimmed further: {err}")
             return now["flops"]

@@ -17,6 +17,7 @@ from torch import nn
 from medslim._io import atomic_dir, write_json
 from medslim.artifacts import load_state_checked, load_tensors, save_tensors
 from medslim.errors import ArtifactError
+from medslim.models.reshape import PRUNED_ATTR, resize_to_state
 
 
 def save_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -25,15 +26,29 @@ def save_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optim
     with atomic_dir(folder, overwrite=True) as tmp:
         save_tensors(tmp / "model.safetensors", model.state_dict())
         save_tensors(tmp / "optimizer.safetensors", tensors)
-        write_json(tmp / "state.json", {"loop": state, "optimizer": numbers})
+        write_json(tmp / "state.json", {"loop": state, "optimizer": numbers,
+                                        "pruned": getattr(model, PRUNED_ATTR, None)})
+
+
+def resize_to_checkpoint(folder: Path, model: nn.Module) -> None:
+    """Shrink ``model`` to the widths saved in a checkpoint (pruned during training).
+
+    Must run before the optimizer is built, which holds the parameters.
+    """
+    saved = _read_state(folder)
+    pruned = saved.get("pruned")
+    if not pruned:
+        return
+    try:
+        resize_to_state(model, load_tensors(folder / "model.safetensors"), pruned.get("widths", {}))
+    except ArtifactError as err:
+        raise ArtifactError(f"checkpoint {folder} does not fit the model: {err}") from None
+    setattr(model, PRUNED_ATTR, pruned)
 
 
 def load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     """Restore model and optimizer in place; return the loop state."""
-    try:
-        saved = json.loads((folder / "state.json").read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ArtifactError(f"cannot read checkpoint {folder / 'state.json'}: {err}") from None
+    saved = _read_state(folder)
     load_state_checked(model, load_tensors(folder / "model.safetensors"), folder / "model.safetensors")
     tensors = load_tensors(folder / "optimizer.safetensors")
     try:
@@ -41,6 +56,13 @@ def load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optim
     except (KeyError, ValueError) as err:
         raise ArtifactError(f"checkpoint {folder} does not match the optimizer: {err}") from None
     return saved["loop"]
+
+
+def _read_state(folder: Path) -> dict:
+    try:
+        return json.loads((folder / "state.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ArtifactError(f"cannot read checkpoint {folder / 'state.json'}: {err}") from None
 
 
 def _split_optimizer_state(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:

@@ -20,8 +20,9 @@ from torch import nn
 
 from medslim._io import append_jsonl
 from medslim.artifacts import load_tensors, save_tensors
-from medslim.training.checkpoint import load_checkpoint, save_checkpoint
+from medslim.training.checkpoint import load_checkpoint, resize_to_checkpoint, save_checkpoint
 from medslim.training.evaluate import evaluate_split
+from medslim.training.hooks import AfterBackward, TrainingHook
 from medslim.training.losses import make_loss
 
 CHECKPOINT = "checkpoint"
@@ -75,50 +76,72 @@ def score_of(metrics: dict) -> float:
 
 def fit(model: nn.Module, data, cfg: dict, workdir: Path, resume: bool = False,
         progress: Callable[[dict], None] | None = None,
-        after_backward: Callable[[nn.Module], None] | None = None) -> FitResult:
+        after_backward: Callable[[nn.Module], None] | None = None,
+        hook: TrainingHook | None = None) -> FitResult:
     """Train ``model`` in place; leaves the best weights loaded into it.
 
     ``after_backward(model)`` runs between ``backward`` and the optimizer step:
     the place for gradient regularisers such as network slimming's L1 on
-    norm scales, which the compression layer provides.
+    norm scales. ``hook`` (a :class:`TrainingHook`) is the general form, used
+    by methods that prune while training; with ``hook.keep_last`` the final
+    weights are kept rather than the best epoch's.
     """
     tcfg = cfg["train"]
     if tcfg["threads"]:
         torch.set_num_threads(int(tcfg["threads"]))
     seed_everything(cfg["seed"], tcfg["deterministic"])
+    hook = hook or (AfterBackward(after_backward) if after_backward else TrainingHook())
+    resuming = resume and (workdir / CHECKPOINT).exists()
+    if resuming:  # a model pruned during training resumes at its pruned widths
+        resize_to_checkpoint(workdir / CHECKPOINT, model)
     optimizer = make_optimizer(model, tcfg)
     loss_fn = make_loss(data.info.task, tcfg["loss"])
     state = {"epoch": 0, "best_score": -math.inf, "best_epoch": -1, "train_seconds": 0.0}
-    if resume and (workdir / CHECKPOINT).exists():
+    if resuming:
         state = load_checkpoint(workdir / CHECKPOINT, model, optimizer)
+        hook.load_state_dict(state.pop("hook", {}))
         _drop_metrics_after(workdir / METRICS, state["epoch"])
-    for epoch in range(state["epoch"], tcfg["epochs"]):
-        start = time.perf_counter()
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(tcfg, epoch)
-        train_loss = _train_epoch(model, data, loss_fn, optimizer, cfg, epoch, progress, after_backward)
-        record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss,
-                                  "lr": optimizer.param_groups[0]["lr"]}
-        if (epoch + 1) % tcfg["val_every"] == 0 or epoch + 1 == tcfg["epochs"]:
-            val = evaluate_split(model, data, cfg["eval"], "val", hd95=False)
-            record["val"] = val
-            if score_of(val) > state["best_score"]:
-                state["best_score"], state["best_epoch"] = score_of(val), epoch + 1
-                save_tensors(workdir / BEST, model.state_dict())
-        state["train_seconds"] += time.perf_counter() - start
-        state["epoch"] = epoch + 1
-        record["epoch_seconds"] = time.perf_counter() - start
-        # metrics first, then the checkpoint: a resume drops lines past the checkpoint
-        append_jsonl(workdir / METRICS, record)
-        save_checkpoint(workdir / CHECKPOINT, model, optimizer, state)
-        if progress:
-            progress({"event": "epoch", **record, "epochs": tcfg["epochs"]})
-    if (workdir / BEST).exists():
+    hook.begin(model)
+    try:
+        for epoch in range(state["epoch"], tcfg["epochs"]):
+            _run_epoch(model, data, cfg, workdir, optimizer, loss_fn, hook, state, epoch, progress)
+    finally:
+        hook.close()
+    if (workdir / BEST).exists() and not hook.keep_last:
         model.load_state_dict(load_tensors(workdir / BEST))
     return FitResult(state["best_epoch"], state["best_score"], state["epoch"], state["train_seconds"])
 
 
-def _train_epoch(model, data, loss_fn, optimizer, cfg, epoch, progress, after_backward=None) -> float:
+def _run_epoch(model, data, cfg, workdir, optimizer, loss_fn, hook, state, epoch, progress) -> None:
+    """One epoch: train, let the hook act, validate, log, checkpoint."""
+    tcfg = cfg["train"]
+    start = time.perf_counter()
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate(tcfg, epoch)
+    train_loss = _train_epoch(model, data, loss_fn, optimizer, cfg, epoch, progress, hook)
+    record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss,
+                              "lr": optimizer.param_groups[0]["lr"]}
+    last = epoch + 1 == tcfg["epochs"]
+    record.update(hook.end_epoch(model, optimizer, epoch + 1, train_loss, last))
+    if (epoch + 1) % tcfg["val_every"] == 0 or last:
+        val = evaluate_split(model, data, cfg["eval"], "val", hd95=False)
+        record["val"] = val
+        # a hook that keeps the last weights makes the last epoch the "best" one
+        if score_of(val) > state["best_score"] or (hook.keep_last and last):
+            state["best_score"], state["best_epoch"] = score_of(val), epoch + 1
+            if not hook.keep_last:
+                save_tensors(workdir / BEST, model.state_dict())
+    state["train_seconds"] += time.perf_counter() - start
+    state["epoch"] = epoch + 1
+    record["epoch_seconds"] = time.perf_counter() - start
+    # metrics first, then the checkpoint: a resume drops lines past the checkpoint
+    append_jsonl(workdir / METRICS, record)
+    save_checkpoint(workdir / CHECKPOINT, model, optimizer, {**state, "hook": hook.state_dict()})
+    if progress:
+        progress({"event": "epoch", **record, "epochs": tcfg["epochs"]})
+
+
+def _train_epoch(model, data, loss_fn, optimizer, cfg, epoch, progress, hook: TrainingHook) -> float:
     tcfg = cfg["train"]
     epoch_seed = cfg["seed"] * 100_003 + epoch
     data.train.reseed(epoch_seed)
@@ -136,12 +159,14 @@ def _train_epoch(model, data, loss_fn, optimizer, cfg, epoch, progress, after_ba
             batch = next(batches)
         optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(model(batch["image"]), batch["label"])
+        extra = hook.extra_loss()
+        if extra is not None:
+            loss = loss + extra
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the training loss became {loss.item()} at epoch {epoch + 1}, "
                                      f"step {step + 1}; try a lower train.lr")
         loss.backward()
-        if after_backward is not None:
-            after_backward(model)
+        hook.after_backward(model)
         optimizer.step()
         total += loss.item()
         count += 1

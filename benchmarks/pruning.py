@@ -1,0 +1,299 @@
+"""Pruning methods side by side on real data: Kvasir-SEG (2D) and Hippocampus (3D).
+
+Per dataset and seed, all rows share the U-Net, the data split and the
+training settings of the baseline configs (``kvasir-unet``,
+``hippocampus-unet``):
+
+- ``baseline``: the unpruned U-Net (reused from benchmarks/baseline.py);
+- ``sauron`` and ``sauron-lam0``: pruned while training, for the baseline's
+  epoch count (the threshold schedule is compressed to that budget:
+  ``--sauron-patience``, ``--sauron-plateau``; see docs/pruning.md);
+- post-hoc methods on the trained baseline, each to the FLOPs Sauron reached
+  and to ``--levels`` of the baseline FLOPs, then fine-tuned
+  ``--finetune-epochs`` epochs at the learning rate / 10: ``taylor_gn``
+  (iterative, one fine-tuning epoch per step), ``l1``, ``fpgm``, ``hrank``,
+  ``slimming`` (the affine instance-norm scales of the baseline, which was
+  trained without slimming's L1 sparsity term: a second sparsity training
+  per seed did not fit the CPU budget), ``random``;
+- ``uniform``: every layer cut by the same fraction, re-initialised and
+  trained from scratch for the baseline's epoch count.
+
+Every row: Dice and HD95 (mean and per class), parameters, FLOPs, ONNX
+Runtime latency at batch 1, total training time (for post-hoc rows the
+baseline's training plus pruning and fine-tuning). Finished runs are reused,
+so an interrupted benchmark continues; train with ``--skip-cost`` while the
+machine is busy, then run again without it on a quiet machine to measure
+latency. Prints a table, writes JSON and a Dice-vs-FLOPs plot per dataset
+plus Sauron's epoch-time plot.
+
+    python benchmarks/pruning.py --dataset kvasir --seeds 0 1 2
+    python benchmarks/pruning.py --dataset hippocampus --seeds 0 --levels 0.25
+    python benchmarks/pruning.py --dataset kvasir --seeds 0 --skip-cost   # train only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+CONFIGS = {"kvasir": "kvasir-unet", "hippocampus": "hippocampus-unet"}
+POSTHOC = ("taylor_gn", "l1", "fpgm", "hrank", "slimming", "random")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", choices=[*CONFIGS, "all"], default="all")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--methods", nargs="+", default=["sauron", "sauron-lam0", *POSTHOC, "uniform"],
+                   help="rows to run (the baseline always runs)")
+    p.add_argument("--levels", type=float, nargs="*", default=[0.5, 0.25, 0.1],
+                   help="FLOPs ratios for the post-hoc methods, besides Sauron's")
+    p.add_argument("--level-methods", nargs="+", default=list(POSTHOC),
+                   help="post-hoc methods also run at --levels")
+    p.add_argument("--finetune-epochs", type=int, default=5)
+    p.add_argument("--sauron-patience", type=int, default=0)
+    p.add_argument("--sauron-plateau", action="store_true",
+                   help="keep the paper's loss-plateau rule (meant for 500+ epochs)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads for training")
+    p.add_argument("--data", help="folder holding kvasir-seg/ and hippocampus/")
+    p.add_argument("--runs", default="benchmarks/runs")
+    p.add_argument("--out", default="benchmarks/results/pruning.json")
+    p.add_argument("--skip-cost", action="store_true", help="train only; measure later")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: table, plots and JSON from the runs that are finished")
+    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--full-size", action="store_true", help="Kvasir-SEG at 256x256 (for GPUs)")
+    return p.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def baseline_run(dataset: str, seed: int, args) -> Path:
+    import baseline
+
+    return baseline.train_one(dataset, seed, argparse.Namespace(
+        runs=args.runs, epochs=None, threads=args.threads, full_size=args.full_size, data=args.data))
+
+
+def sauron_run(dataset: str, seed: int, lam: float, args) -> Path:
+    from medslim.config import load_config
+    from medslim.jobs import train_run
+
+    name = f"sauron{'-lam0' if lam == 0 else ''}-{dataset}-s{seed}"
+    run = Path(args.runs) / name
+    if (run / "results.json").exists() or args.report_only:
+        return run
+    overrides = [f"seed={seed}", f"name={name}", f"output={args.runs}", f"train.threads={args.threads}",
+                 "prune.method=sauron", f"prune.lam={lam}", f"prune.patience={args.sauron_patience}",
+                 f"prune.plateau={str(args.sauron_plateau).lower()}"]
+    if args.full_size and dataset == "kvasir":
+        overrides.append("data.size=[256,256]")
+    cfg = load_config(CONFIGS[dataset], overrides)
+    resume = (Path(args.runs) / f".{name}.partial" / "checkpoint").exists()
+    return train_run(cfg, data_path=args.data, resume=resume, progress=False)
+
+
+def posthoc_run(base: Path, method: str, ratio: float, args) -> Path:
+    from medslim.jobs import prune_run
+
+    name = f"{method}-{base.name.removeprefix('baseline-')}-f{ratio:.3f}"
+    run = Path(args.runs) / name
+    if (run / "results.json").exists() or args.report_only:
+        return run
+    uniform = method == "uniform"
+    epochs = _config(base)["train"]["epochs"] if uniform else args.finetune_epochs
+    steps = max(1, args.finetune_epochs) if method == "taylor_gn" else 1
+    return prune_run(base, method, flops_ratio=ratio, name=name, output=args.runs,
+                     finetune_epochs=1 if steps > 1 else epochs, steps=steps,
+                     finetune_lr=_config(base)["train"]["lr"] if uniform else None,
+                     data_path=args.data, progress=False, measure=False)
+
+
+def _config(run: Path) -> dict:
+    from medslim.jobs import read_run_config
+
+    return read_run_config(run)
+
+
+# ----------------------------------------------------------------------------- rows
+
+
+def row(run: Path, kind: str, base: Path | None = None) -> dict:
+    results = json.loads((run / "results.json").read_text())
+    test = results["test"]
+    cost = json.loads((run / "cost.json").read_text()) if (run / "cost.json").exists() else {}
+    pruning = json.loads((run / "pruning.json").read_text()) if (run / "pruning.json").exists() else {}
+    seconds = results.get("train_seconds", 0.0) + pruning.get("seconds", 0.0)
+    if base is not None and kind not in ("uniform",):
+        seconds += json.loads((base / "results.json").read_text())["train_seconds"]
+    out = {"run": run.name, "method": kind, "seed": _config(run)["seed"], "dice": test["dice"],
+           "dice_per_class": test["dice_per_class"], "hd95": test.get("hd95"),
+           "hd95_per_class": test.get("hd95_per_class"), "train_seconds": round(seconds, 1)}
+    if cost:
+        out.update({"params": cost["params"], "flops": cost["flops"],
+                    "onnx_ms": {t: v["median_ms"] for t, v in (cost["onnx_latency"] or {}).items()},
+                    "torch_ms": {t: v["median_ms"] for t, v in cost["torch_latency"].items()}})
+    else:
+        out.update(_size(run))
+    return out
+
+
+def _size(run: Path) -> dict:
+    import torch
+
+    from medslim.artifacts import load
+    from medslim.cost import count_flops, count_params
+
+    model = load(run)
+    shape = model.medslim_manifest["extra"]["input_shape"]
+    return {"params": count_params(model), "flops": count_flops(model, torch.zeros(*shape))}
+
+
+def sauron_epochs(run: Path) -> list[dict]:
+    out = []
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        out.append({"epoch": rec["epoch"], "seconds": rec["epoch_seconds"],
+                    "flops": rec["sauron"]["flops"], "params": rec["sauron"]["params"],
+                    "val_dice": rec.get("val", {}).get("dice"),
+                    "tau_median": statistics.median(rec["sauron"]["tau"].values())})
+    return out
+
+
+# ----------------------------------------------------------------------------- one dataset
+
+
+def run_dataset(dataset: str, seed: int, args) -> tuple[list[dict], dict]:
+    base = baseline_run(dataset, seed, args) if not args.report_only else \
+        Path(args.runs) / f"baseline-{dataset}-s{seed}"
+    runs: list[tuple[Path, str]] = [(base, "baseline")]
+    epochs: dict = {}
+    sauron_ratio = None
+    for method, lam in (("sauron", 0.5), ("sauron-lam0", 0.0)):
+        if method in args.methods:
+            run = sauron_run(dataset, seed, lam, args)
+            if not (run / "results.json").exists():  # --report-only: not trained yet
+                continue
+            runs.append((run, method))
+            epochs[method] = sauron_epochs(run)
+            if method == "sauron":
+                sauron_ratio = json.loads((run / "results.json").read_text())["flops"] / _size(base)["flops"]
+    levels = [sauron_ratio] if sauron_ratio is not None else []
+    for method in [m for m in (*POSTHOC, "uniform") if m in args.methods]:
+        todo = levels + (list(args.levels) if method in args.level_methods else [])
+        for ratio in dict.fromkeys(round(r, 3) for r in todo):
+            run = posthoc_run(base, method, ratio, args)
+            if (run / "results.json").exists():
+                runs.append((run, method))
+    if not args.skip_cost:
+        measure(r for r, _ in runs)
+    rows = [row(r, kind, base if kind not in ("baseline", "sauron", "sauron-lam0") else None)
+            for r, kind in runs]
+    flops0 = rows[0]["flops"]
+    for r in rows:
+        r["flops_ratio"] = r["flops"] / flops0
+        r["dice_drop_points"] = 100 * (rows[0]["dice"] - r["dice"])
+    return rows, epochs
+
+
+def measure(runs) -> None:
+    from medslim.jobs import cost_run
+
+    for run in runs:
+        if not (run / "cost.json").exists():
+            cost_run(run, threads=[1, 2], repeats=30)
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def print_table(dataset: str, rows: list[dict]) -> None:
+    print(f"\n{dataset}")
+    head = (f"{'run':38s} {'Dice':>6s} {'drop':>6s} {'HD95':>7s} {'params':>9s} {'FLOPs%':>7s} "
+            f"{'ORT ms 1t':>9s} {'train s':>8s}")
+    print(head)
+    print("-" * len(head))
+    for r in sorted(rows, key=lambda r: (-r["flops_ratio"], r["method"])):
+        ort = r.get("onnx_ms", {}).get("1")
+        print(f"{r['run']:38s} {r['dice']:6.3f} {r['dice_drop_points']:6.1f} "
+              f"{(r['hd95'] or float('nan')):7.2f} {r['params']:9d} {100 * r['flops_ratio']:7.1f} "
+              f"{(ort if ort is not None else float('nan')):9.2f} {r['train_seconds']:8.0f}")
+
+
+def plot(dataset: str, rows: list[dict], epochs: dict, folder: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method in dict.fromkeys(r["method"] for r in rows):
+        pts = sorted((100 * r["flops_ratio"], r["dice"]) for r in rows if r["method"] == method)
+        ax.plot(*zip(*pts), marker="o", linestyle="-" if len(pts) > 1 else "", label=method)
+    ax.set_xscale("log")
+    ax.set_xlabel("FLOPs (% of the unpruned U-Net, log scale)")
+    ax.set_ylabel("test Dice")
+    ax.set_title(f"{dataset}: Dice vs FLOPs")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    path = folder / f"pruning-{dataset}-dice-flops.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(str(path))
+    if epochs:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for method, recs in epochs.items():
+            ax.plot([e["epoch"] for e in recs], [e["seconds"] for e in recs], marker=".", label=f"{method} s/epoch")
+        ax2 = ax.twinx()
+        for method, recs in epochs.items():
+            ax2.plot([e["epoch"] for e in recs], [e["flops"] / 1e9 for e in recs], linestyle="--",
+                     label=f"{method} GFLOPs")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("seconds per epoch")
+        ax2.set_ylabel("GFLOPs after the epoch (dashed)")
+        ax.set_title(f"{dataset}: Sauron epoch time as the network shrinks")
+        ax.legend(loc="upper right", fontsize=8)
+        path = folder / f"pruning-{dataset}-sauron-epochs.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(str(path))
+    return written
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    datasets = list(CONFIGS) if args.dataset == "all" else [args.dataset]
+    out = Path(args.out)
+    report = json.loads(out.read_text()) if out.exists() else {}
+    for dataset in datasets:
+        all_rows, all_epochs = [], {}
+        for seed in args.seeds:
+            rows, epochs = run_dataset(dataset, seed, args)
+            all_rows += rows
+            all_epochs.update({f"{k}-s{seed}": v for k, v in epochs.items()})
+        print_table(dataset, all_rows)
+        plots = plot(dataset, all_rows, all_epochs, out.parent)
+        report[dataset] = {"rows": all_rows, "sauron_epochs": all_epochs, "plots": plots,
+                           "seeds": args.seeds, "finetune_epochs": args.finetune_epochs,
+                           "sauron_patience": args.sauron_patience,
+                           "sauron_plateau": args.sauron_plateau}
+    from medslim._io import write_json
+    from medslim.cost.report import environment
+
+    report["environment"] = environment()
+    write_json(out, report)
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -68,13 +68,13 @@ def load(path: str | os.PathLike, map_location: str = "cpu") -> nn.Module:
         raise ArtifactError(f"{folder / MANIFEST}: cannot rebuild the model: {err}") from err
     state = load_tensors(folder / WEIGHTS, map_location)
     if manifest.get("pruned") is not None:
-        _resize_pruned(model, state, manifest["pruned"], folder / WEIGHTS)
+        resize_pruned(model, state, manifest["pruned"], folder / WEIGHTS)
     load_state_checked(model, state, folder / WEIGHTS)
     model.medslim_manifest = manifest
     return model.eval()
 
 
-def _resize_pruned(model: nn.Module, state: dict[str, torch.Tensor], pruned: dict,
+def resize_pruned(model: nn.Module, state: dict[str, torch.Tensor], pruned: dict,
                    source: Path) -> None:
     """A pruned model: shrink the rebuilt network to the saved widths, never guess beyond."""
     widths = pruned.get("widths") if isinstance(pruned, dict) else None

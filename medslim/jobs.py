@@ -101,13 +101,11 @@ def training_hook(cfg: dict, info):
     """What acts during training: in-training pruning (``prune.method``), the sparsity L1, or None."""
     method = cfg["prune"]["method"]
     if method:
-        import torch
-
         from medslim.pruning import training_pruner
 
         options = {k: v for k, v in cfg["prune"].items() if k != "method"}
         options.setdefault("seed", cfg["seed"])
-        return training_pruner(method, torch.zeros(1, info.in_channels, *info.input_size), **options)
+        return training_pruner(method, _example_input(info), **options)
     regulariser = sparsity_regulariser(cfg["train"]["sparsity"])
     if regulariser is None:
         return None
@@ -116,13 +114,17 @@ def training_hook(cfg: dict, info):
     return AfterBackward(regulariser)
 
 
-def _size_of(model, info) -> dict:
+def _example_input(info):
+    """A zero batch of one, of the shape the model is trained and costed at."""
     import torch
 
+    return torch.zeros(1, info.in_channels, *info.input_size)
+
+
+def _size_of(model, info) -> dict:
     from medslim.cost import count_flops, count_params
 
-    example = torch.zeros(1, info.in_channels, *info.input_size)
-    return {"params": count_params(model), "flops": count_flops(model, example)}
+    return {"params": count_params(model), "flops": count_flops(model, _example_input(info))}
 
 
 def sparsity_regulariser(lam: float):

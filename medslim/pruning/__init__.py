@@ -32,5 +32,7 @@ def training_pruner(method: str, example_input, **options):
                           + ", ".join(f"prune.{a}" for a in allowed))
     return cls(example_input, **options)
 
-__all__ = ["TRAINING_METHODS", "Sauron", "training_pruner", "ChannelGroup", "Consumer", "DependencyGraph", "MaskHandle", "Norm", "Producer",
-           "PruneReport", "PruningError", "Site", "mask_channels", "prune", "prune_channels"]
+
+__all__ = ["ChannelGroup", "Consumer", "DependencyGraph", "MaskHandle", "Norm", "Producer",
+           "PruneReport", "PruningError", "Sauron", "Site", "TRAINING_METHODS", "mask_channels",
+           "prune", "prune_channels", "training_pruner"]

@@ -109,7 +109,7 @@ def prune(model: nn.Module, example_input, method: str = "l1", flops_ratio: floa
 
         >>> small = prune(net, torch.zeros(1, 3, 128, 128), method="l1", flops_ratio=0.25)
     """
-    from medslim.cost import count_params
+    from medslim.cost import count_flops, count_params
     from medslim.pruning.criteria import CRITERIA, get_criterion
 
     if latency_ms is not None:
@@ -154,7 +154,7 @@ def prune(model: nn.Module, example_input, method: str = "l1", flops_ratio: floa
         if before is not None and stop_when(model):
             notes.append(f"stopped after step {step - 1} of {steps}: step {step} went past the "
                          f"tolerance and was undone")
-            model, flops_now = before, (_measured_flops(before, example_input) if step > 1 else flops0)
+            model, flops_now = before, (count_flops(before, example_input) if step > 1 else flops0)
             break
         steps_done = step
     if uniform:
@@ -414,12 +414,6 @@ def _local_counts(groups, limits, cost, target, flops0, params0) -> dict[int, in
     for gid, n in result.items():
         cost.drop(gid, n)
     return result
-
-
-def _measured_flops(model: nn.Module, example_input) -> int:
-    from medslim.cost import count_flops
-
-    return count_flops(model, example_input)
 
 
 def _correct(model, example_input, target, flops0, params0, ignored, round_to, scope,

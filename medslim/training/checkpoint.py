@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from medslim._io import atomic_dir, write_json
-from medslim.artifacts import load_state_checked, load_tensors, save_tensors
+from medslim.artifacts import load_state_checked, load_tensors, resize_pruned, save_tensors
 from medslim.errors import ArtifactError
-from medslim.models.reshape import PRUNED_ATTR, resize_to_state
+from medslim.models.reshape import PRUNED_ATTR
 
 
 def save_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -35,15 +35,10 @@ def resize_to_checkpoint(folder: Path, model: nn.Module) -> None:
 
     Must run before the optimizer is built, which holds the parameters.
     """
-    saved = _read_state(folder)
-    pruned = saved.get("pruned")
-    if not pruned:
-        return
-    try:
-        resize_to_state(model, load_tensors(folder / "model.safetensors"), pruned.get("widths", {}))
-    except ArtifactError as err:
-        raise ArtifactError(f"checkpoint {folder} does not fit the model: {err}") from None
-    setattr(model, PRUNED_ATTR, pruned)
+    pruned = _read_state(folder).get("pruned")
+    if pruned:
+        weights = folder / "model.safetensors"
+        resize_pruned(model, load_tensors(weights), pruned, weights)
 
 
 def load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:

@@ -16,7 +16,10 @@ training settings of the baseline configs (``kvasir-unet``,
   trained without slimming's L1 sparsity term: a second sparsity training
   per seed did not fit the CPU budget), ``random``;
 - ``uniform``: every layer cut by the same fraction, re-initialised and
-  trained from scratch for the baseline's epoch count.
+  trained from scratch for the baseline's epoch count;
+- ``tp-l1``: Torch-Pruning 1.6.1 (optional install) with its L1 group
+  magnitude importance and its default per-layer ratio, the ratio bisected
+  to the same FLOPs, then fine-tuned like the post-hoc rows.
 
 Every row: Dice and HD95 (mean and per class), parameters, FLOPs, ONNX
 Runtime latency at batch 1, total training time (for post-hoc rows the
@@ -43,13 +46,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 CONFIGS = {"kvasir": "kvasir-unet", "hippocampus": "hippocampus-unet"}
 POSTHOC = ("taylor_gn", "l1", "fpgm", "hrank", "slimming", "random")
+EXTERNAL = ("tp-l1",)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", choices=[*CONFIGS, "all"], default="all")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--methods", nargs="+", default=["sauron", "sauron-lam0", *POSTHOC, "uniform"],
+    p.add_argument("--methods", nargs="+", default=["sauron", "sauron-lam0", *POSTHOC, "uniform", *EXTERNAL],
                    help="rows to run (the baseline always runs)")
     p.add_argument("--levels", type=float, nargs="*", default=[0.5, 0.25, 0.1],
                    help="FLOPs ratios for the post-hoc methods, besides Sauron's")
@@ -112,7 +116,40 @@ def posthoc_run(base: Path, method: str, ratio: float, args) -> Path:
     return prune_run(base, method, flops_ratio=ratio, name=name, output=args.runs,
                      finetune_epochs=1 if steps > 1 else epochs, steps=steps,
                      finetune_lr=_config(base)["train"]["lr"] if uniform else None,
-                     data_path=args.data, progress=False, measure=False)
+                     data_path=args.data, progress=False, measure=False,
+                     external=torch_pruning_l1(ratio, _n_classes(base)) if method == "tp-l1" else None)
+
+
+def _n_classes(run: Path) -> int:
+    from medslim.artifacts import load_manifest
+
+    return load_manifest(run)["model"]["out_channels"]
+
+
+def torch_pruning_l1(ratio: float, n_classes: int):
+    """Torch-Pruning's L1 pruner, its uniform ratio bisected until the FLOPs reach ``ratio``."""
+    def run(model, example):
+        import copy
+
+        import torch_pruning as tp
+
+        from medslim.cost import count_flops
+        from vs_torch_pruning import last_convs
+
+        flops0 = count_flops(model, example)
+
+        def pruned_at(fraction: float):
+            net = copy.deepcopy(model).eval()
+            tp.pruner.BasePruner(net, example, importance=tp.importance.GroupMagnitudeImportance(p=1),
+                                 pruning_ratio=fraction, ignored_layers=last_convs(net, n_classes)).step()
+            return net, count_flops(net, example) / flops0
+
+        low, high = 0.0, 0.95
+        for _ in range(12):  # FLOPs fall monotonically with the ratio; 12 halvings: +-0.0002
+            mid = (low + high) / 2
+            low, high = (mid, high) if pruned_at(mid)[1] > ratio else (low, mid)
+        return pruned_at(high)[0]
+    return run
 
 
 def _config(run: Path) -> dict:
@@ -185,7 +222,7 @@ def run_dataset(dataset: str, seed: int, args) -> tuple[list[dict], dict]:
             if method == "sauron":
                 sauron_ratio = json.loads((run / "results.json").read_text())["flops"] / _size(base)["flops"]
     levels = [sauron_ratio] if sauron_ratio is not None else []
-    for method in [m for m in (*POSTHOC, "uniform") if m in args.methods]:
+    for method in [m for m in (*POSTHOC, "uniform", *EXTERNAL) if m in args.methods]:
         todo = levels + (list(args.levels) if method in args.level_methods else [])
         for ratio in dict.fromkeys(round(r, 3) for r in todo):
             run = posthoc_run(base, method, ratio, args)
@@ -195,6 +232,10 @@ def run_dataset(dataset: str, seed: int, args) -> tuple[list[dict], dict]:
         measure(r for r, _ in runs)
     rows = [row(r, kind, base if kind not in ("baseline", "sauron", "sauron-lam0") else None)
             for r, kind in runs]
+    if not args.skip_cost:
+        for r, (run, kind) in zip(rows, runs):
+            if kind.startswith("sauron"):
+                r["step_times"] = sauron_step_times(run, args.threads)
     flops0 = rows[0]["flops"]
     for r in rows:
         r["flops_ratio"] = r["flops"] / flops0
@@ -208,6 +249,62 @@ def measure(runs) -> None:
     for run in runs:
         if not (run / "cost.json").exists():
             cost_run(run, threads=[1, 2], repeats=30)
+
+
+def sauron_step_times(run: Path, threads: int, repeats: int = 15) -> dict:
+    """Training-step time of the network Sauron started from and of the one it ended with.
+
+    The per-epoch times in metrics.jsonl are confounded by whatever else the
+    machine ran meanwhile, so this times both networks back to back, steps
+    interleaved, each with the Sauron regulariser and Adam as in training
+    (a batch of the training shape; the timing does not depend on values).
+    """
+    import time
+
+    import torch
+
+    from medslim.artifacts import load
+    from medslim.models import build_model
+    from medslim.pruning import training_pruner
+    from medslim.training.losses import make_loss
+
+    cfg = _config(run)
+    torch.set_num_threads(threads)
+    last = load(run)
+    first = build_model(last.medslim_manifest["model"])
+    shape = last.medslim_manifest["extra"]["input_shape"]
+    example = torch.zeros(*shape)
+    batch = torch.randn(cfg["train"]["batch_size"], *shape[1:])
+    labels = torch.randint(0, _n_classes(run), (batch.shape[0], 1, *shape[2:]))
+    loss_fn = make_loss("segmentation", cfg["train"]["loss"])
+    options = {k: v for k, v in cfg["prune"].items() if k != "method"}
+    steps = []
+    for net in (first, last):
+        hook = training_pruner("sauron", example, **options)
+        hook.begin(net.train())
+        steps.append((net, hook, torch.optim.Adam(net.parameters(), lr=1e-4)))
+
+    def step(net, hook, optimizer) -> float:
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(net(batch), labels) + hook.extra_loss()
+        loss.backward()
+        hook.after_backward(net)
+        optimizer.step()
+        return time.perf_counter() - start
+
+    times: list[list[float]] = [[], []]
+    for i in range(repeats + 2):
+        for k, args in enumerate(steps):
+            seconds = step(*args)
+            if i >= 2:  # two warm-up steps each
+                times[k].append(seconds)
+    for _, hook, _ in steps:
+        hook.close()
+    first_ms, last_ms = (1000 * statistics.median(t) for t in times)
+    return {"threads": threads, "repeats": repeats, "batch": list(batch.shape),
+            "first_step_ms": round(first_ms, 1), "last_step_ms": round(last_ms, 1),
+            "speedup": round(first_ms / last_ms, 2)}
 
 
 # ----------------------------------------------------------------------------- output

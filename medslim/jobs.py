@@ -189,7 +189,8 @@ def prune_run(run: Path, method: str, flops_ratio: float | None = None, params_r
               scope: str = "global", max_fraction: float = 0.9, round_to: int = 1,
               name: str | None = None, output: str | Path | None = None, data_path: str | None = None,
               overwrite: bool = False, progress: bool = True, measure: bool = True,
-              dice_tolerance: float | None = None, options: dict | None = None) -> Path:
+              dice_tolerance: float | None = None, options: dict | None = None,
+              external=None) -> Path:
     """Prune a trained run's model, optionally fine-tune it, and write a new run folder.
 
     The new folder holds the pruned model, its test metrics, the pruning
@@ -198,6 +199,9 @@ def prune_run(run: Path, method: str, flops_ratio: float | None = None, params_r
     divided by 10 unless ``finetune_lr`` is given. With ``dice_tolerance``
     (iterative schedules), pruning stops before the first step whose
     fine-tuned validation score falls more than that below the unpruned one.
+    ``external(model, example_input) -> model`` prunes with another tool in
+    place of medslim's engine (the benchmarks compare Torch-Pruning this way);
+    ``method`` then only labels the run.
     """
     import torch
 
@@ -222,9 +226,12 @@ def prune_run(run: Path, method: str, flops_ratio: float | None = None, params_r
         seed_everything(cfg["seed"], cfg["train"]["deterministic"])
         loader = make_loader(data.train, cfg["train"], cfg["seed"]) if method != "uniform" else None
 
+        val_before_finetune: list[float] = []  # how hard each cut hit, before any recovery
+
         def finetune(net, step):
             if finetune_epochs <= 0:
                 return
+            val_before_finetune.append(_val_score(net, data, cfg))
             step_dir = work / f"finetune-step{step}"
             step_dir.mkdir()
             callback, close = training_progress(f"{name} step {step}", progress)
@@ -235,18 +242,22 @@ def prune_run(run: Path, method: str, flops_ratio: float | None = None, params_r
 
         start = time.perf_counter()
         stop_when = _tolerance_check(model, data, cfg, dice_tolerance)
-        pruned = prune(model, torch.zeros(*shape), method=method, flops_ratio=flops_ratio,
-                       params_ratio=params_ratio, data=loader, scope=scope, max_fraction=max_fraction,
-                       round_to=round_to, steps=steps, finetune=finetune, stop_when=stop_when,
-                       **(options or {}))
+        if external is None:
+            pruned = prune(model, torch.zeros(*shape), method=method, flops_ratio=flops_ratio,
+                           params_ratio=params_ratio, data=loader, scope=scope, max_fraction=max_fraction,
+                           round_to=round_to, steps=steps, finetune=finetune, stop_when=stop_when,
+                           **(options or {}))
+            report = pruned.medslim_pruning.to_dict()
+        else:
+            pruned, report = _prune_externally(external, model, torch.zeros(*shape), method, finetune)
         seconds = time.perf_counter() - start
-        report = pruned.medslim_pruning.to_dict()
         test = _evaluate(pruned, data, cfg, "test")
         write_config(work / "config.yaml", cfg)
         save_split_copy(run, work)
         save(pruned, work, extra={**model.medslim_manifest.get("extra", {}), "pruned_from": str(run)})
         write_json(work / "pruning.json", {**report, "source_run": str(run), "finetune_epochs": finetune_epochs,
-                                          "finetune_lr": tune["train"]["lr"], "seconds": seconds})
+                                          "finetune_lr": tune["train"]["lr"], "seconds": seconds,
+                                          "val_before_finetune": val_before_finetune})
         write_json(work / "results.json", {"dataset": cfg["data"]["dataset"], "source_run": str(run),
                                            "method": method, "test": test, "prune_seconds": seconds,
                                            "flops_ratio": report["flops_ratio"],
@@ -262,20 +273,37 @@ def prune_run(run: Path, method: str, flops_ratio: float | None = None, params_r
     return out.commit()
 
 
+def _prune_externally(external, model, example, method: str, finetune) -> tuple[Any, dict]:
+    """Prune a copy with another tool, fine-tune it once, and describe it like our own report."""
+    from medslim.cost import count_flops, count_params
+    from medslim.models.reshape import PRUNED_ATTR
+    from medslim.pruning.pruner import PruneReport
+
+    pruned = external(copy.deepcopy(model), example)
+    # load() must resize the rebuilt network to the smaller weights; their shapes say how
+    setattr(pruned, PRUNED_ATTR, {"widths": {}})
+    finetune(pruned, 1)
+    report = PruneReport(method, {}, count_flops(model, example), count_flops(pruned, example),
+                         count_params(model), count_params(pruned), steps=1, scope="external",
+                         notes=["pruned by an external tool; widths are read from the weights"])
+    return pruned, report.to_dict()
+
+
 def _tolerance_check(model, data, cfg: dict, tolerance: float | None):
     """``stop_when`` for the pruner: the validation score fell more than ``tolerance``."""
     if tolerance is None:
         return None
     if not isinstance(tolerance, (int, float)) or tolerance < 0:
         raise ConfigError(f"--dice-tolerance must be a non-negative number, got {tolerance!r}")
+    reference = _val_score(model, data, cfg)
+    return lambda net: reference - _val_score(net, data, cfg) > tolerance
+
+
+def _val_score(model, data, cfg: dict) -> float:
     from medslim.training.evaluate import evaluate_split
     from medslim.training.loop import score_of
 
-    def score(net) -> float:
-        return score_of(evaluate_split(net, data, cfg["eval"], "val", hd95=False))
-
-    reference = score(model)
-    return lambda net: reference - score(net) > tolerance
+    return score_of(evaluate_split(model, data, cfg["eval"], "val", hd95=False))
 
 
 def _pruned_name(run: Path, method: str, flops_ratio, params_ratio, options) -> str:

@@ -101,6 +101,16 @@ def test_prune_writes_a_smaller_run_that_loads_and_exports(tmp_path, shared_data
     assert main(["prune", str(runs / "base"), "--method", "l1", "--flops-ratio", "0.5",
                  "--dice-tolerance", "-0.5", "--name", "neg", "--quiet", "--no-cost"]) == 2
     assert "--dice-tolerance" in capsys.readouterr().err
+    # another tool's pruner (here our engine behind the external hook): the run loads from its weights alone
+    from medslim import prune
+    from medslim.jobs import prune_run
+
+    external = prune_run(runs / "base", "outside", name="ext", finetune_epochs=1, progress=False, measure=False,
+                         external=lambda net, x: prune(net, x, method="l1", flops_ratio=0.5))
+    ext = json.loads((external / "pruning.json").read_text())
+    assert ext["scope"] == "external" and ext["flops_ratio"] <= 0.5 * 1.001
+    assert (external / "finetune-step1" / "metrics.jsonl").exists()
+    assert count_params(load(external)) == ext["params_after"]
     code = main(["prune", str(runs / "base"), "--method", "l1", "--flops-ratio", "0.0001", "--name", "tiny"])
     assert code == 2 and "smallest reachable flops_ratio" in capsys.readouterr().err
     assert not (runs / "tiny").exists() and not (runs / ".tiny.partial").exists()

@@ -80,6 +80,16 @@ def test_uniform_baseline_is_reinitialised():
     assert small.medslim_pruning.scope == "local"
 
 
+def test_uniform_baseline_keeps_what_its_training_learned():
+    # the from-scratch training is the fine-tune callback: re-initialising after it would undo it
+    def train(model, step):
+        with torch.no_grad():
+            model.encoder[0][0].weight.fill_(0.25)
+
+    small = prune(_unet(), X2, method="uniform", flops_ratio=0.5, finetune=train)
+    assert torch.all(small.encoder[0][0].weight == 0.25)
+
+
 def test_iterative_schedule_calls_finetune_each_step():
     calls = []
     small = prune(_unet(), X2, method="l1", flops_ratio=0.3, steps=3, finetune=lambda m, s: calls.append(s))

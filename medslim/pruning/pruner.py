@@ -149,6 +149,8 @@ def prune(model: nn.Module, example_input, method: str = "l1", flops_ratio: floa
         prune_channels(model, graph, keep, optimizer=optimizer)
         flops_now = _correct(model, example_input, step_target, flops0, params0, ignored, round_to,
                              scope, max_fraction, optimizer, notes, original)
+        if uniform:  # before fine-tuning: that training is then the from-scratch one
+            reinitialize(model)
         if finetune is not None:
             finetune(model, step)
         if before is not None and stop_when(model):
@@ -157,10 +159,7 @@ def prune(model: nn.Module, example_input, method: str = "l1", flops_ratio: floa
             model, flops_now = before, (count_flops(before, example_input) if step > 1 else flops0)
             break
         steps_done = step
-    if uniform:
-        reinitialize(model)
     model.train(was_training)
-    # re-initialising changes no shape, so the count measured after the last step holds
     report = PruneReport(method, target, flops0, flops_now, params0, count_params(model),
                          steps_done, scope, _widths(model), notes)
     model.medslim_pruning = report

@@ -229,7 +229,7 @@ def run_dataset(dataset: str, seed: int, args) -> tuple[list[dict], dict]:
             if (run / "results.json").exists():
                 runs.append((run, method))
     if not args.skip_cost:
-        measure(r for r, _ in runs)
+        measure((r for r, _ in runs), args.repeats)
     rows = [row(r, kind, base if kind not in ("baseline", "sauron", "sauron-lam0") else None)
             for r, kind in runs]
     if not args.skip_cost:
@@ -243,12 +243,12 @@ def run_dataset(dataset: str, seed: int, args) -> tuple[list[dict], dict]:
     return rows, epochs
 
 
-def measure(runs) -> None:
+def measure(runs, repeats: int) -> None:
     from medslim.jobs import cost_run
 
     for run in runs:
         if not (run / "cost.json").exists():
-            cost_run(run, threads=[1, 2], repeats=30)
+            cost_run(run, threads=[1, 2], repeats=repeats)
 
 
 def sauron_step_times(run: Path, threads: int, repeats: int = 15) -> dict:

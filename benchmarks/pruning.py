@@ -37,6 +37,7 @@ plus Sauron's epoch-time plot.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import sys
@@ -47,17 +48,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 CONFIGS = {"kvasir": "kvasir-unet", "hippocampus": "hippocampus-unet"}
 POSTHOC = ("taylor_gn", "l1", "fpgm", "hrank", "slimming", "random")
 EXTERNAL = ("tp-l1",)
+METHODS = ("sauron", "sauron-lam0", *POSTHOC, "uniform", *EXTERNAL)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", choices=[*CONFIGS, "all"], default="all")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--methods", nargs="+", default=["sauron", "sauron-lam0", *POSTHOC, "uniform", *EXTERNAL],
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
                    help="rows to run (the baseline always runs)")
     p.add_argument("--levels", type=float, nargs="*", default=[0.5, 0.25, 0.1],
                    help="FLOPs ratios for the post-hoc methods, besides Sauron's")
-    p.add_argument("--level-methods", nargs="+", default=list(POSTHOC),
+    p.add_argument("--level-methods", nargs="+", choices=POSTHOC, default=list(POSTHOC),
                    help="post-hoc methods also run at --levels")
     p.add_argument("--finetune-epochs", type=int, default=5)
     p.add_argument("--sauron-patience", type=int, default=0)
@@ -72,7 +74,11 @@ def parse_args(argv=None):
                    help="train nothing: table, plots and JSON from the runs that are finished")
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--full-size", action="store_true", help="Kvasir-SEG at 256x256 (for GPUs)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if "tp-l1" in args.methods and importlib.util.find_spec("torch_pruning") is None:
+        print("tp-l1 row skipped: Torch-Pruning is not installed (pip install --no-deps torch-pruning==1.6.1)")
+        args.methods = [m for m in args.methods if m != "tp-l1"]
+    return args
 
 
 # ----------------------------------------------------------------------------- runs
@@ -264,23 +270,22 @@ def sauron_step_times(run: Path, threads: int, repeats: int = 15) -> dict:
     import torch
 
     from medslim.artifacts import load
+    from medslim.data.pipeline import TaskInfo
+    from medslim.jobs import training_hook
     from medslim.models import build_model
-    from medslim.pruning import training_pruner
     from medslim.training.losses import make_loss
 
     cfg = _config(run)
     torch.set_num_threads(threads)
     last = load(run)
     first = build_model(last.medslim_manifest["model"])
-    shape = last.medslim_manifest["extra"]["input_shape"]
-    example = torch.zeros(*shape)
-    batch = torch.randn(cfg["train"]["batch_size"], *shape[1:])
-    labels = torch.randint(0, _n_classes(run), (batch.shape[0], 1, *shape[2:]))
-    loss_fn = make_loss("segmentation", cfg["train"]["loss"])
-    options = {k: v for k, v in cfg["prune"].items() if k != "method"}
+    info = TaskInfo(**last.medslim_manifest["extra"]["task"])
+    batch = torch.randn(cfg["train"]["batch_size"], info.in_channels, *info.input_size)
+    labels = torch.randint(0, info.num_classes, (batch.shape[0], 1, *info.input_size))
+    loss_fn = make_loss(info.task, cfg["train"]["loss"])
     steps = []
     for net in (first, last):
-        hook = training_pruner("sauron", example, **options)
+        hook = training_hook(cfg, info)  # the run's own Sauron settings
         hook.begin(net.train())
         steps.append((net, hook, torch.optim.Adam(net.parameters(), lr=1e-4)))
 
@@ -295,8 +300,8 @@ def sauron_step_times(run: Path, threads: int, repeats: int = 15) -> dict:
 
     times: list[list[float]] = [[], []]
     for i in range(repeats + 2):
-        for k, args in enumerate(steps):
-            seconds = step(*args)
+        for k, parts in enumerate(steps):
+            seconds = step(*parts)
             if i >= 2:  # two warm-up steps each
                 times[k].append(seconds)
     for _, hook, _ in steps:

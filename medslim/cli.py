@@ -14,6 +14,8 @@ EXAMPLES = {
     "cost": "medslim cost runs/my-run --threads 1 2",
     "export": "medslim export runs/my-run --output my-run.onnx",
     "prune": "medslim prune runs/my-run --method taylor_gn --flops-ratio 0.25 --finetune-epochs 5",
+    "sshn": "medslim sshn train kvasir-sshn --name hyper; medslim sshn sweep runs/hyper; "
+            "medslim sshn export runs/hyper --phi 0.3",
     "data": "medslim data list   |   medslim data fetch hippocampus",
     "demo": "medslim demo",
 }
@@ -29,17 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = _sub(sub, "train", "train a model from a YAML config (a path or a built-in name)")
-    p.add_argument("config", help="YAML file, or a built-in: kvasir-unet, kvasir-demo, "
-                                  "hippocampus-unet, pneumoniamnist-vgg")
-    p.add_argument("-o", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. -o train.epochs=5 -o data.size=[64,64]")
-    p.add_argument("--name", help="run name (folder under the output folder)")
-    p.add_argument("--output", help="folder for runs (default: runs)")
-    p.add_argument("--data", help="dataset folder, or a folder that contains it")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run of this --name")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing run of this name once the new one succeeds")
-    p.add_argument("--quiet", action="store_true", help="no progress display")
+    _training_arguments(p, "kvasir-unet, kvasir-demo, hippocampus-unet, pneumoniamnist-vgg")
     p.add_argument("--prune", metavar="METHOD",
                    help="prune while training: sauron (options with -o prune.lam=0.5 ...)")
 
@@ -85,6 +77,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cost", action="store_true", help="skip latency measurement")
     p.add_argument("--quiet", action="store_true")
 
+    p = _sub(sub, "sshn", "scale-space hypernetworks: train one, sweep phi, export a U-Net")
+    ssub = p.add_subparsers(dest="sshn_command", metavar="ACTION", required=True)
+    q = ssub.add_parser("train", help="train a hypernetwork over a range of phi (config model: sshn)")
+    _training_arguments(q, "kvasir-sshn, hippocampus-sshn")
+    q = ssub.add_parser("sweep", help="Dice, HD95, FLOPs and ONNX Runtime latency of the U-Net at each phi")
+    q.add_argument("run", type=Path)
+    q.add_argument("--phis", default="0.05:0.5:20", help="START:STOP:COUNT or a comma list (default 0.05:0.5:20)")
+    q.add_argument("--split", default="val", choices=["val", "test"],
+                   help="choose phi on val (default), report on test")
+    q.add_argument("--threads", type=int, default=1, help="threads for the latency (default 1)")
+    q.add_argument("--repeats", type=int, default=10)
+    q.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime latency")
+    q.add_argument("--no-hd95", action="store_true", help="Dice only (faster)")
+    q.add_argument("--data", help="dataset folder, if it moved since training")
+    q = ssub.add_parser("export", help="write a run folder with the plain U-Net at one phi")
+    q.add_argument("run", type=Path)
+    q.add_argument("--phi", type=float, required=True)
+    q.add_argument("--name", help="name of the new run (default: RUN-phiPHI)")
+    q.add_argument("--output", help="folder for the new run (default: beside RUN)")
+    q.add_argument("--overwrite", action="store_true")
+    q.add_argument("--data", help="dataset folder, if it moved since training")
+
     p = _sub(sub, "data", "list known datasets or download one")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     q = dsub.add_parser("list", help="where each dataset is found")
@@ -124,11 +138,25 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def cmd_train(args) -> int:
+def _training_arguments(p: argparse.ArgumentParser, builtins: str) -> None:
+    p.add_argument("config", help=f"YAML file, or a built-in: {builtins}")
+    p.add_argument("-o", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. -o train.epochs=5 -o data.size=[64,64]")
+    p.add_argument("--name", help="run name (folder under the output folder)")
+    p.add_argument("--output", help="folder for runs (default: runs)")
+    p.add_argument("--data", help="dataset folder, or a folder that contains it")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run of this --name")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing run of this name once the new one succeeds")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+
+
+def cmd_train(args, train=None) -> int:
     from medslim.config import load_config
     from medslim.jobs import train_run
 
-    overrides = [*args.overrides, *([f"prune.method={args.prune}"] if args.prune else [])]
+    prune = getattr(args, "prune", None)
+    overrides = [*args.overrides, *([f"prune.method={prune}"] if prune else [])]
     cfg = load_config(args.config, overrides)
     if args.name:
         cfg["name"] = args.name
@@ -138,8 +166,8 @@ def cmd_train(args) -> int:
         from medslim.errors import ConfigError
 
         raise ConfigError("--resume needs the --name of the run to continue")
-    run = train_run(cfg, data_path=args.data, resume=args.resume, overwrite=args.overwrite,
-                    progress=not args.quiet)
+    run = (train or train_run)(cfg, data_path=args.data, resume=args.resume, overwrite=args.overwrite,
+                               progress=not args.quiet)
     _print_results(json.loads((run / "results.json").read_text())["test"], f"test metrics ({run})")
     print(f"run folder: {run}")
     return 0
@@ -188,6 +216,48 @@ def cmd_prune(args) -> int:
     return 0
 
 
+def cmd_sshn(args) -> int:
+    from medslim import sshn_jobs
+
+    if args.sshn_command == "train":
+        return cmd_train(args, train=sshn_jobs.train_sshn)
+    if args.sshn_command == "export":
+        run = sshn_jobs.export_sshn(args.run, args.phi, args.output, args.name, args.overwrite, args.data)
+        results = json.loads((run / "results.json").read_text())
+        if not results["in_range"]:
+            print(f"medslim: warning: phi={args.phi} lies outside the training range; "
+                  "check its sweep before deploying it", file=sys.stderr)
+        _print_results(results["test"], f"U-Net at phi={args.phi:g} ({run})")
+        print(f"run folder: {run}")
+        return 0
+    phis = sshn_jobs.parse_phis(args.phis)
+
+    def progress(i, n, row):
+        print(f"[{i}/{n}] phi={row['phi']:.3f}  dice={row.get('dice', float('nan')):.4f}  "
+              f"GFLOPs={row['flops'] / 1e9:.3f}", file=sys.stderr)
+
+    report = sshn_jobs.sweep_run(args.run, phis, args.split, args.threads, args.repeats,
+                                 onnx=not args.no_onnx, hd95=False if args.no_hd95 else None,
+                                 data_path=args.data, progress=progress)
+    _print_sweep(report)
+    print(f"wrote {args.run / f'sweep-{args.split}.json'} and the plot sweep-{args.split}.png "
+          f"({report['seconds']:.0f} s)")
+    return 0
+
+
+def _print_sweep(report: dict) -> None:
+    rows = report["rows"]
+    latency = next((k for k in rows[0] if k.startswith("ort_ms")), None)
+    front = set(report["pareto_phis"])
+    print(f"{'phi':>6} {'dice':>7} {'hd95':>7} {'GFLOPs':>8} {'params':>8} "
+          f"{latency or '':>10}  front  in-range")
+    for r in rows:
+        print(f"{r['phi']:6.3f} {r['dice']:7.4f} {r.get('hd95', float('nan')):7.2f} "
+              f"{r['flops'] / 1e9:8.3f} {r['params']:8d} "
+              f"{r[latency] if latency else float('nan'):10.2f}  {'*' if r['phi'] in front else ' ':^5}  "
+              f"{'yes' if r['in_range'] else 'NO'}")
+
+
 def cmd_data(args) -> int:
     if args.data_command == "list":
         from medslim.data.locate import list_datasets
@@ -211,7 +281,7 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "cost": cmd_cost, "export": cmd_export,
-            "prune": cmd_prune,
+            "prune": cmd_prune, "sshn": cmd_sshn,
             "data": cmd_data, "demo": cmd_demo}
 
 

@@ -35,6 +35,9 @@ DEFAULTS: dict[str, Any] = {
         "threads": None,
         "deterministic": True,
         "sparsity": 0.0,
+        # "best": the weights of the best validation epoch; "last": the final ones
+        # (for models validated at one setting but trained for many, e.g. SSHN)
+        "keep": "best",
     },
     "eval": {
         "overlap": 0.25,
@@ -54,6 +57,7 @@ CHOICES = {
     ("train", "optimizer"): ("adam", "adamw", "sgd"),
     ("train", "lr_schedule"): ("poly", "constant", "cosine"),
     ("train", "loss"): ("auto", "dice_ce", "dice", "ce"),
+    ("train", "keep"): ("best", "last"),
 }
 
 

@@ -97,3 +97,25 @@ def test_monai_bad_arguments_are_config_errors():
     with pytest.raises(ConfigError, match="monai.UNet"):
         build_model({"name": "monai.UNet", "spatial_dims": 2, "in_channels": 1, "out_channels": 2,
                      "channels": [4, 8, 16], "strides": [2]})
+
+
+def test_stochastic_unet_draws_phi_in_training_and_uses_phi_in_evaluation():
+    from medslim.models.unet import UNet
+
+    net = UNet(spatial_dims=2, in_channels=1, out_channels=2, channels=(4, 4, 4), downsampling="resize",
+               phi=0.3, phi_range=(0.0, 0.5))
+    torch.manual_seed(0)
+    net.train()(torch.zeros(1, 1, 32, 32))
+    drawn = net.down[0].phi
+    assert drawn != 0.3 and 0 <= drawn <= 0.5
+    net.eval()(torch.zeros(1, 1, 32, 32))
+    assert net.down[0].phi == 0.3
+    with pytest.raises(ConfigError, match="needs downsampling='resize'"):
+        UNet(channels=(4, 4), phi_range=(0.0, 0.5))
+
+
+def test_resize_never_shrinks_a_side_below_two():
+    from medslim.models.unet import Resize
+
+    assert Resize(0.01)(torch.zeros(1, 2, 64, 9)).shape[2:] == (2, 2)
+    assert Resize(0.3)(torch.zeros(1, 2, 64, 9)).shape[2:] == (20, 3)

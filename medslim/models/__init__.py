@@ -22,6 +22,7 @@ from medslim.errors import ConfigError, unknown_name
 NATIVE = {
     "unet": ("medslim.models.unet", "UNet"),
     "vgg16_bn": ("medslim.models.vgg", "VGGClassifier"),
+    "sshn": ("medslim.models.sshn", "ScaleSpaceHyperNet"),
 }
 MONAI_PREFIX = "monai."
 # The MONAI networks medslim is tested with; others by name are allowed too.

@@ -20,6 +20,7 @@ from medslim.errors import ConfigError, unknown_name
 from medslim.models import layers
 
 DOWNSAMPLING = ("maxpool", "conv", "resize")
+MIN_SIDE = 2
 
 
 class ConvBlock(nn.Sequential):
@@ -41,15 +42,30 @@ class ConvBlock(nn.Sequential):
 
 
 class Resize(nn.Module):
-    """Resize feature maps by ``phi`` (ceil of each side), or to a given size."""
+    """Resize feature maps by ``phi``: ceil of each side, and never below 2.
+
+    The floor of 2 (where the paper allows 1) keeps instance norm defined: at a
+    single position it has nothing to normalise and PyTorch refuses it.
+    """
 
     def __init__(self, phi: float):
         super().__init__()
         self.phi = phi
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = [max(1, math.ceil(s * self.phi)) for s in x.shape[2:]]
+        size = [max(MIN_SIDE, math.ceil(s * self.phi)) for s in x.shape[2:]]
         return _interpolate(x, size)
+
+
+def check_phi_range(phi_range: Sequence[float]) -> None:
+    if len(phi_range) != 2 or not 0 <= phi_range[0] < phi_range[1] <= 1.5:
+        raise ConfigError(f"phi_range must be [low, high] with 0 <= low < high <= 1.5, "
+                          f"got {list(phi_range)}")
+
+
+def sample_phi(phi_range: Sequence[float]) -> float:
+    low, high = phi_range
+    return low + (high - low) * float(torch.rand(()))
 
 
 def _interpolate(x: torch.Tensor, size) -> torch.Tensor:
@@ -72,6 +88,10 @@ class UNet(nn.Module):
             "resize" (interpolate by ``phi``; the decoder then resizes back to
             the skip's size instead of using transposed convolutions).
         phi: rescaling factor for ``downsampling="resize"``; 0.5 halves.
+        phi_range: ``(low, high)``: with ``downsampling="resize"``, every
+            training-mode forward draws one phi uniformly from this range (the
+            "Stochastic" baseline of scale-space hypernetworks: one set of
+            weights for every phi); evaluation uses ``phi``.
         deep_supervision: in training mode also return the outputs of the
             lower decoder levels (highest resolution first).
         dropout: dropout after each activation (0 disables it).
@@ -94,6 +114,7 @@ class UNet(nn.Module):
         act: str = "leakyrelu",
         downsampling: str = "maxpool",
         phi: float = 0.5,
+        phi_range: Sequence[float] | None = None,
         deep_supervision: bool = False,
         dropout: float = 0.0,
     ):
@@ -104,6 +125,12 @@ class UNet(nn.Module):
             raise ConfigError(f"channels needs at least 2 levels, got {list(channels)}")
         if downsampling == "resize" and not 0 < phi <= 1.5:
             raise ConfigError(f"phi must be in (0, 1.5], got {phi}")
+        if phi_range is not None:
+            if downsampling != "resize":
+                raise ConfigError("phi_range needs downsampling='resize'")
+            check_phi_range(phi_range)
+        self.phi = phi
+        self.phi_range = tuple(phi_range) if phi_range is not None else None
         self.spatial_dims = spatial_dims
         self.downsampling = downsampling
         self.deep_supervision = deep_supervision
@@ -143,7 +170,17 @@ class UNet(nn.Module):
             return Resize(phi)
         return nn.Identity()  # the next level's first conv is strided
 
+    def set_phi(self, phi: float) -> None:
+        """Resize by ``phi`` from now on (resize downsampling only)."""
+        for layer in self.down:
+            if isinstance(layer, Resize):
+                layer.phi = phi
+
     def forward(self, x: torch.Tensor):
+        if self.phi_range is not None:
+            # drawn from torch's global generator, which the training loop
+            # reseeds every epoch, so a resumed run draws the same values
+            self.set_phi(sample_phi(self.phi_range) if self.training else self.phi)
         skips = []
         for level, enc in enumerate(self.encoder):
             x = enc(x)

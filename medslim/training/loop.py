@@ -83,8 +83,9 @@ def fit(model: nn.Module, data, cfg: dict, workdir: Path, resume: bool = False,
     ``after_backward(model)`` runs between ``backward`` and the optimizer step:
     the place for gradient regularisers such as network slimming's L1 on
     norm scales. ``hook`` (a :class:`TrainingHook`) is the general form, used
-    by methods that prune while training; with ``hook.keep_last`` the final
-    weights are kept rather than the best epoch's.
+    by methods that prune while training; with ``hook.keep_last`` (or the
+    config's ``train.keep: last``) the final weights are kept rather than the
+    best epoch's.
     """
     tcfg = cfg["train"]
     if tcfg["threads"]:
@@ -102,17 +103,20 @@ def fit(model: nn.Module, data, cfg: dict, workdir: Path, resume: bool = False,
         hook.load_state_dict(state.pop("hook", {}))
         _drop_metrics_after(workdir / METRICS, state["epoch"])
     hook.begin(model)
+    keep_last = hook.keep_last or tcfg.get("keep") == "last"
     try:
         for epoch in range(state["epoch"], tcfg["epochs"]):
-            _run_epoch(model, data, cfg, workdir, optimizer, loss_fn, hook, state, epoch, progress)
+            _run_epoch(model, data, cfg, workdir, optimizer, loss_fn, hook, state, epoch, progress,
+                       keep_last)
     finally:
         hook.close()
-    if (workdir / BEST).exists() and not hook.keep_last:
+    if (workdir / BEST).exists() and not keep_last:
         model.load_state_dict(load_tensors(workdir / BEST))
     return FitResult(state["best_epoch"], state["best_score"], state["epoch"], state["train_seconds"])
 
 
-def _run_epoch(model, data, cfg, workdir, optimizer, loss_fn, hook, state, epoch, progress) -> None:
+def _run_epoch(model, data, cfg, workdir, optimizer, loss_fn, hook, state, epoch, progress,
+               keep_last: bool) -> None:
     """One epoch: train, let the hook act, validate, log, checkpoint."""
     tcfg = cfg["train"]
     start = time.perf_counter()
@@ -126,10 +130,10 @@ def _run_epoch(model, data, cfg, workdir, optimizer, loss_fn, hook, state, epoch
     if (epoch + 1) % tcfg["val_every"] == 0 or last:
         val = evaluate_split(model, data, cfg["eval"], "val", hd95=False)
         record["val"] = val
-        # a hook that keeps the last weights makes the last epoch the "best" one
-        if score_of(val) > state["best_score"] or (hook.keep_last and last):
+        # keeping the last weights makes the last epoch the "best" one
+        if score_of(val) > state["best_score"] or (keep_last and last):
             state["best_score"], state["best_epoch"] = score_of(val), epoch + 1
-            if not hook.keep_last:
+            if not keep_last:
                 save_tensors(workdir / BEST, model.state_dict())
     state["train_seconds"] += time.perf_counter() - start
     state["epoch"] = epoch + 1

@@ -1,0 +1,366 @@
+"""Scale-space hypernetworks against fixed and stochastic U-Nets (issue 5).
+
+Per dataset and seed, every model shares the data split, the primary U-Net
+(constant width across levels, resize-by-phi downsampling, instance norm) and
+the training settings of the ``kvasir-sshn`` / ``hippocampus-sshn`` configs,
+with ``--epochs`` epochs and the final weights kept (``train.keep: last``):
+
+- ``sshn``: one hypernetwork, phi ~ U(0, 0.5) per minibatch;
+- ``sshn-nonorm``: the same without normalisation layers (the measured
+  alternative to predicting instance-norm affines);
+- ``sshn-unscaled``: the same without dividing the hypernetwork's last
+  features by their count (``scale_features: false``);
+- ``stochastic``: one U-Net whose weights serve every phi, phi ~ U(0, 0.5);
+- ``fixed``: one U-Net per phi in ``--fixed-phis``.
+
+Then SSHN and Stochastic are swept over ``--phis`` (20 factors in the training
+range plus out-of-range ones) on the test split: Dice, HD95, FLOPs and ONNX
+Runtime latency (1 thread, batch 1) of the exported plain U-Net at each phi;
+the fixed U-Nets are measured the same way at their phi. The default
+``medslim sshn sweep`` (20 factors, validation split) is timed on seed 0.
+Finished runs and sweeps are reused, so an interrupted benchmark continues.
+Prints a table, writes JSON and a Dice-vs-FLOPs plot.
+
+    python benchmarks/sshn.py --dataset kvasir --seeds 0 1 2
+    python benchmarks/sshn.py --dataset kvasir --seeds 0 --models fixed --fixed-phis 0.1 0.3  # part of it
+    python benchmarks/sshn.py --dataset kvasir --seeds 0 1 2 --report-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SWEPT = ("sshn", "stochastic", "sshn-nonorm", "sshn-unscaled")
+CONFIGS = {"kvasir": "kvasir-sshn", "hippocampus": "hippocampus-sshn"}
+MODELS = ("sshn", "sshn-nonorm", "sshn-unscaled", "stochastic", "fixed")
+SWEEP = "0.025:0.5:20"
+OUTSIDE = (0.6, 0.7, 0.8, 1.0)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", choices=list(CONFIGS), default="kvasir")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--models", nargs="+", choices=MODELS, default=["sshn", "stochastic", "fixed"])
+    p.add_argument("--fixed-phis", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.4, 0.5])
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--threads", type=int, default=1, help="torch threads for training")
+    p.add_argument("--data", help="folder holding kvasir-seg/ and hippocampus/")
+    p.add_argument("--runs", default="benchmarks/runs/sshn")
+    p.add_argument("--out", default=None, help="default benchmarks/results/sshn-DATASET.json")
+    p.add_argument("--repeats", type=int, default=20, help="ONNX Runtime timing repeats per phi")
+    p.add_argument("--report-only", action="store_true", help="train nothing; sweep and report")
+    p.add_argument("--train-only", action="store_true", help="train; sweep and report later")
+    p.add_argument("--full-size", action="store_true", help="Kvasir-SEG at 256x256 (for GPUs)")
+    args = p.parse_args(argv)
+    args.out = args.out or f"benchmarks/results/sshn-{args.dataset}.json"
+    return args
+
+
+# ---------------------------------------------------------------- training
+
+def run_name(dataset: str, model: str, seed: int, phi: float | None = None) -> str:
+    return f"{dataset}-{model}{'' if phi is None else f'-{phi:g}'}-s{seed}"
+
+
+def train(dataset: str, model: str, seed: int, args, phi: float | None = None) -> Path:
+    from medslim.config import load_config
+    from medslim.jobs import train_run
+
+    name = run_name(dataset, model, seed, phi)
+    run = Path(args.runs) / name
+    if (run / "results.json").exists() or args.report_only:
+        return run
+    overrides = [f"seed={seed}", f"name={name}", f"output={args.runs}", f"train.epochs={args.epochs}",
+                 f"train.threads={args.threads}", "train.keep=last"]
+    if args.full_size and dataset == "kvasir":
+        overrides.append("data.size=[256,256]")
+    cfg = load_config(CONFIGS[dataset], overrides)
+    cfg["model"] = model_spec(cfg["model"], model, phi)
+    resume = (Path(args.runs) / f".{name}.partial" / "checkpoint").exists()
+    print(f"training {name}", flush=True)
+    return train_run(cfg, data_path=args.data, resume=resume, progress=False)
+
+
+def model_spec(sshn: dict, model: str, phi: float | None) -> dict:
+    """The model section for each row, from the SSHN config's primary U-Net."""
+    unet = {k: v for k, v in sshn.items() if k not in ("name", "phi_range", "hidden", "phi")}
+    unet.update(name="unet", downsampling="resize")
+    if model == "sshn":
+        return sshn
+    if model == "sshn-nonorm":
+        return {**sshn, "norm": "none"}
+    if model == "sshn-unscaled":
+        return {**sshn, "scale_features": False}
+    if model == "stochastic":
+        low, high = sshn["phi_range"]
+        return {**unet, "phi": (low + high) / 2, "phi_range": [low, high]}
+    return {**unet, "phi": phi}
+
+
+def train_all(args) -> None:
+    for seed in args.seeds:
+        for model in args.models:
+            if model == "fixed":
+                for phi in args.fixed_phis:
+                    train(args.dataset, "fixed", seed, args, phi)
+            else:
+                train(args.dataset, model, seed, args)
+
+
+# ---------------------------------------------------------------- measuring
+
+def sweep_phis() -> list[float]:
+    from medslim.sshn_jobs import parse_phis
+
+    return parse_phis(SWEEP) + list(OUTSIDE)
+
+
+def sweep_hyper(run: Path, args) -> dict:
+    """The SSHN sweep on the test split (cached in the run folder)."""
+    from medslim.sshn_jobs import sweep_run
+
+    cached = run / "sweep-test.json"
+    if cached.exists():
+        return json.loads(cached.read_text())
+    print(f"sweeping {run.name}", flush=True)
+    return sweep_run(run, sweep_phis(), "test", threads=1, repeats=args.repeats, data_path=args.data)
+
+
+def sweep_unet(run: Path, phis: list[float], args) -> dict:
+    """A plain or stochastic U-Net measured at each phi like the SSHN exports (cached)."""
+    cached = run / "sweep-test.json"
+    if cached.exists():
+        return json.loads(cached.read_text())
+    import tempfile
+
+    import torch
+
+    from medslim.artifacts import load
+    from medslim.cost import count_flops, count_params, export_onnx
+    from medslim.cost.latency import latency_onnx
+    from medslim.data.splits import load_split
+    from medslim.jobs import load_data, read_run_config
+    from medslim.training.evaluate import evaluate_split
+
+    print(f"measuring {run.name}", flush=True)
+    cfg = read_run_config(run)
+    net = load(run)
+    data, _ = load_data(cfg, args.data, load_split(run / "split.json"))
+    example = torch.zeros(*net.medslim_manifest["extra"]["input_shape"])
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for phi in phis:
+            net.phi = phi  # the stochastic U-Net evaluates at net.phi
+            net.set_phi(phi)
+            metrics = evaluate_split(net, data, cfg["eval"], "test")
+            file = Path(tmp) / f"phi{phi:g}.onnx"
+            export_onnx(net, example, file, exporter="torchscript", check=False)
+            rows.append({"phi": phi, **{k: v for k, v in metrics.items() if k != "n_cases"},
+                         "params": count_params(net), "flops": count_flops(net, example),
+                         "ort_ms_1t": latency_onnx(file, example, 1, repeats=args.repeats)["median_ms"]})
+    report = {"run": str(run), "split": "test", "rows": rows}
+    from medslim._io import write_json
+
+    write_json(cached, report)
+    return report
+
+
+def time_default_sweep(run: Path) -> dict:
+    """Wall time of the documented command, a fresh process: ``medslim sshn sweep RUN``."""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "medslim", "sshn", "sweep", str(run)],
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode:
+        raise RuntimeError(f"medslim sshn sweep failed: {proc.stderr[-2000:]}")
+    inner = json.loads((run / "sweep-val.json").read_text())["seconds"]
+    return {"command": f"medslim sshn sweep {run}", "phis": 20, "split": "val",
+            "wall_seconds": wall, "measuring_seconds": inner}
+
+
+# ---------------------------------------------------------------- report
+
+def collect(args) -> dict:
+    per_seed = []
+    for seed in args.seeds:
+        runs = {m: Path(args.runs) / run_name(args.dataset, m, seed)
+                for m in ("sshn", "sshn-nonorm", "sshn-unscaled", "stochastic")}
+        fixed = {phi: Path(args.runs) / run_name(args.dataset, "fixed", seed, phi) for phi in args.fixed_phis}
+        entry = {"seed": seed, "sweeps": {}, "fixed": {}, "train_seconds": {}}
+        for model, run in runs.items():
+            if not (run / "results.json").exists():
+                continue
+            entry["train_seconds"][model] = _train_seconds(run)
+            entry["sweeps"][model] = (sweep_hyper(run, args) if model != "stochastic"
+                                      else sweep_unet(run, sweep_phis(), args))["rows"]
+        for phi, run in fixed.items():
+            if (run / "results.json").exists():
+                entry["train_seconds"][f"fixed-{phi:g}"] = _train_seconds(run)
+                entry["fixed"][f"{phi:g}"] = sweep_unet(run, [phi], args)["rows"][0]
+        per_seed.append(entry)
+    return {"seeds": per_seed}
+
+
+def _train_seconds(run: Path) -> float:
+    return json.loads((run / "results.json").read_text())["train_seconds"]
+
+
+def _at(rows: list[dict], phi: float) -> dict | None:
+    return next((r for r in rows if abs(r["phi"] - phi) < 1e-9), None)
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if v == v]
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def comparison(data: dict, fixed_phis: list[float]) -> list[dict]:
+    """Per fixed phi: Dice of Fixed, SSHN, Stochastic, SSHN without norm (mean, sd over seeds)."""
+    rows = []
+    for phi in fixed_phis:
+        row = {"phi": phi}
+        for name in ("fixed", *SWEPT):
+            dice, hd95, flops, ort = [], [], [], []
+            for s in data["seeds"]:
+                r = s["fixed"].get(f"{phi:g}") if name == "fixed" else _at(s["sweeps"].get(name, []), phi)
+                if r:
+                    dice.append(r["dice"])
+                    hd95.append(r.get("hd95", float("nan")))
+                    flops.append(r["flops"])
+                    ort.append(r["ort_ms_1t"])
+            row[name] = {"dice": _mean_sd(dice), "hd95": _mean_sd(hd95), "n": len(dice),
+                         "flops": flops[0] if flops else None,
+                         "ort_ms_1t": statistics.median(ort) if ort else None}
+        row["sshn_minus_fixed"] = _paired(data, phi, "sshn")
+        rows.append(row)
+    return rows
+
+
+def _paired(data: dict, phi: float, name: str) -> tuple[float, float]:
+    diffs = []
+    for s in data["seeds"]:
+        f, h = s["fixed"].get(f"{phi:g}"), _at(s["sweeps"].get(name, []), phi)
+        if f and h:
+            diffs.append(h["dice"] - f["dice"])
+    return _mean_sd(diffs)
+
+
+def curve(data: dict, name: str) -> list[dict]:
+    """Mean Dice per phi over seeds for a swept model."""
+    phis = sorted({r["phi"] for s in data["seeds"] for r in s["sweeps"].get(name, [])})
+    out = []
+    for phi in phis:
+        rows = [r for s in data["seeds"] if (r := _at(s["sweeps"].get(name, []), phi))]
+        out.append({"phi": phi, "in_range": phi <= 0.5 + 1e-9, "dice": _mean_sd([r["dice"] for r in rows]),
+                    "hd95": _mean_sd([r.get("hd95", float("nan")) for r in rows]), "n": len(rows),
+                    "flops": rows[0]["flops"], "ort_ms_1t": statistics.median(r["ort_ms_1t"] for r in rows)})
+    return out
+
+
+def training_times(data: dict) -> list[dict]:
+    out = []
+    for s in data["seeds"]:
+        t = s["train_seconds"]
+        fixed = [v for k, v in t.items() if k.startswith("fixed-")]
+        row = {"seed": s["seed"], **t}
+        if "sshn" in t and fixed:
+            row["sshn_over_fixed_mean"] = t["sshn"] / statistics.fmean(fixed)
+            row["sshn_over_fixed_0.5"] = t["sshn"] / t["fixed-0.5"] if "fixed-0.5" in t else None
+            row["sshn_over_fixed_grid"] = t["sshn"] / sum(fixed)
+        out.append(row)
+    return out
+
+
+def print_report(report: dict) -> None:
+    print(f"\nSSHN vs Fixed vs Stochastic, {report['dataset']}, test Dice mean (sd) over seeds "
+          f"{report['seeds_used']}")
+    print(f"{'phi':>5} {'GFLOPs':>7} {'ORT ms':>7} {'Fixed':>15} {'SSHN':>15} {'Stochastic':>15} "
+          f"{'SSHN no norm':>15} {'SSHN unscaled':>15} {'SSHN-Fixed':>15}")
+    for r in report["comparison"]:
+        cells = [f"{r[n]['dice'][0]:.4f} ({r[n]['dice'][1]:.3f}) n={r[n]['n']}" for n in ("fixed", *SWEPT)]
+        d = r["sshn_minus_fixed"]
+        print(f"{r['phi']:5.2f} {(r['fixed']['flops'] or 0) / 1e9:7.3f} {r['fixed']['ort_ms_1t'] or 0:7.2f} "
+              + " ".join(f"{c:>19}" for c in cells) + f" {d[0]:+.4f} ({d[1]:.3f})")
+    print("\nSSHN sweep (test, mean over seeds):")
+    print(f"{'phi':>6} {'in range':>8} {'Dice':>15} {'HD95':>8} {'GFLOPs':>7} {'ORT ms':>7}")
+    for r in report["sshn_curve"]:
+        print(f"{r['phi']:6.3f} {'yes' if r['in_range'] else 'NO':>8} "
+              f"{r['dice'][0]:.4f} ({r['dice'][1]:.3f}) {r['hd95'][0]:8.2f} {r['flops'] / 1e9:7.3f} "
+              f"{r['ort_ms_1t']:7.2f}")
+    print("\ntraining seconds:")
+    for t in report["training_times"]:
+        print("  " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.items()))
+    if report.get("default_sweep"):
+        d = report["default_sweep"]
+        print(f"\n`{d['command']}`: {d['wall_seconds']:.1f} s wall ({d['measuring_seconds']:.1f} s measuring)")
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for name, marker in (("sshn", "o"), ("stochastic", "^"), ("sshn-nonorm", "v"), ("sshn-unscaled", "<")):
+        pts = report["curves"].get(name) or []
+        inside = [p for p in pts if p["in_range"]]
+        if inside:
+            ax.plot([p["flops"] / 1e9 for p in inside], [p["dice"][0] for p in inside], marker=marker,
+                    ms=3, label=f"{name} (phi 0.025-0.5)")
+    fixed = [r for r in report["comparison"] if r["fixed"]["n"]]
+    ax.errorbar([r["fixed"]["flops"] / 1e9 for r in fixed], [r["fixed"]["dice"][0] for r in fixed],
+                yerr=[r["fixed"]["dice"][1] for r in fixed], fmt="s", color="k", label="fixed U-Nets")
+    for r in fixed:
+        ax.annotate(f"{r['phi']:g}", (r["fixed"]["flops"] / 1e9, r["fixed"]["dice"][0]), fontsize=7,
+                    textcoords="offset points", xytext=(4, -8))
+    ax.set_xlabel("GFLOPs per image")
+    ax.set_ylabel("test Dice")
+    ax.set_title(f"{report['dataset']}: one SSHN vs {len(fixed)} fixed U-Nets")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if not args.report_only:
+        train_all(args)
+    if args.train_only:
+        return 0
+    data = collect(args)
+    seed0 = Path(args.runs) / run_name(args.dataset, "sshn", args.seeds[0])
+    report = {"dataset": args.dataset, "seeds_used": [s["seed"] for s in data["seeds"] if s["sweeps"]],
+              "epochs": args.epochs, "fixed_phis": args.fixed_phis,
+              "comparison": comparison(data, args.fixed_phis),
+              "curves": {m: curve(data, m) for m in SWEPT},
+              "training_times": training_times(data), "raw": data}
+    report["sshn_curve"] = report["curves"]["sshn"]
+    if args.dataset == "kvasir" and (seed0 / "results.json").exists():
+        report["default_sweep"] = time_default_sweep(seed0)
+    from medslim.cost.report import environment
+
+    report["environment"] = environment()
+    report["date"] = time.strftime("%Y-%m-%d")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, default=float) + "\n")
+    plot(report, out.with_suffix(".png"))
+    print_report(report)
+    print(f"\nwrote {out} and {out.with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

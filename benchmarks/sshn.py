@@ -140,31 +140,22 @@ def sweep_unet(run: Path, phis: list[float], args) -> dict:
         return json.loads(cached.read_text())
     import tempfile
 
-    import torch
-
     from medslim.artifacts import load
-    from medslim.cost import count_flops, count_params, export_onnx
-    from medslim.cost.latency import latency_onnx
     from medslim.data.splits import load_split
     from medslim.jobs import load_data, read_run_config
-    from medslim.training.evaluate import evaluate_split
+    from medslim.sshn_jobs import measure_unet
 
     print(f"measuring {run.name}", flush=True)
     cfg = read_run_config(run)
     net = load(run)
     data, _ = load_data(cfg, args.data, load_split(run / "split.json"))
-    example = torch.zeros(*net.medslim_manifest["extra"]["input_shape"])
+    shape = net.medslim_manifest["extra"]["input_shape"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for phi in phis:
             net.phi = phi  # the stochastic U-Net evaluates at net.phi
             net.set_phi(phi)
-            metrics = evaluate_split(net, data, cfg["eval"], "test")
-            file = Path(tmp) / f"phi{phi:g}.onnx"
-            export_onnx(net, example, file, exporter="torchscript", check=False)
-            rows.append({"phi": phi, **{k: v for k, v in metrics.items() if k != "n_cases"},
-                         "params": count_params(net), "flops": count_flops(net, example),
-                         "ort_ms_1t": latency_onnx(file, example, 1, repeats=args.repeats)["median_ms"]})
+            rows.append(measure_unet(net, phi, data, cfg["eval"], "test", shape, 1, args.repeats, Path(tmp)))
     report = {"run": str(run), "split": "test", "rows": rows}
     from medslim._io import write_json
 

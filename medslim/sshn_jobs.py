@@ -84,6 +84,9 @@ def sweep_run(run: Path, phis: list[float], split: str = "val", threads: int = 1
     """
     from medslim.data.splits import load_split
 
+    for name, value in (("--threads", threads), ("--repeats", repeats)):
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
     sshn, cfg = load_sshn(run)
     data, _ = load_data(cfg, data_path, load_split(run / "split.json"))
     shape = sshn.medslim_manifest["extra"]["input_shape"]
@@ -92,30 +95,30 @@ def sweep_run(run: Path, phis: list[float], split: str = "val", threads: int = 1
     rows = []
     with tempfile.TemporaryDirectory(prefix="medslim-sweep-") as tmp:
         for i, phi in enumerate(phis):
-            rows.append(_measure_phi(sshn, phi, data, eval_cfg, split, shape, threads, repeats,
-                                     Path(tmp) if onnx else None))
+            row = measure_unet(sshn.export(phi), phi, data, eval_cfg, split, shape, threads, repeats,
+                               Path(tmp) if onnx else None)
+            rows.append({**row, "in_range": sshn.covers(phi)})
             if progress:
                 progress(i + 1, len(phis), rows[-1])
     report = {"run": str(run), "split": split, "phi_range": list(sshn.phi_range),
               "input_shape": shape, "threads": threads, "rows": rows,
               "pareto_phis": _front_phis(rows), "seconds": time.perf_counter() - start}
-    write_json(run / f"sweep-{split}.json", report)
     plot_sweep(report, run / f"sweep-{split}.png")
+    write_json(run / f"sweep-{split}.json", report)
     return report
 
 
-def _measure_phi(sshn, phi: float, data, eval_cfg: dict, split: str, shape, threads: int,
-                 repeats: int, onnx_dir: Path | None) -> dict[str, Any]:
+def measure_unet(unet, phi: float, data, eval_cfg: dict, split: str, shape, threads: int = 1,
+                 repeats: int = 10, onnx_dir: Path | None = None) -> dict[str, Any]:
+    """One sweep row: metrics on ``split``, size, FLOPs and (with ``onnx_dir``) ORT latency."""
     import torch
 
     from medslim.cost import count_flops, count_params
     from medslim.training.evaluate import evaluate_split
 
-    unet = sshn.export(phi)
     metrics = evaluate_split(unet, data, eval_cfg, split)
     example = torch.zeros(*shape)
-    row = {"phi": phi, "in_range": sshn.phi_range[0] <= phi <= sshn.phi_range[1],
-           **{k: v for k, v in metrics.items() if k != "n_cases"},
+    row = {"phi": phi, **{k: v for k, v in metrics.items() if k != "n_cases"},
            "params": count_params(unet), "flops": count_flops(unet, example)}
     if onnx_dir is not None:
         from medslim.cost import export_onnx
@@ -132,8 +135,7 @@ def _measure_phi(sshn, phi: float, data, eval_cfg: dict, split: str, shape, thre
 def _front_phis(rows: list[dict]) -> list[float]:
     from medslim.pareto import pareto_front
 
-    score = "dice" if "dice" in rows[0] else "auc"
-    return [rows[i]["phi"] for i in pareto_front([r["flops"] for r in rows], [r[score] for r in rows])]
+    return [rows[i]["phi"] for i in pareto_front([r["flops"] for r in rows], [r["dice"] for r in rows])]
 
 
 def plot_sweep(report: dict, path: Path, others: dict[str, list[tuple[float, float]]] | None = None) -> None:
@@ -187,7 +189,7 @@ def export_sshn(run: Path, phi: float, output: str | Path | None = None, name: s
         plain = copy.deepcopy(cfg)
         plain["model"] = sshn.primary_spec(phi)
         plain["train"]["keep"] = "best"  # fine-tuning the exported U-Net is an ordinary training
-        in_range = sshn.phi_range[0] <= phi <= sshn.phi_range[1]
+        in_range = sshn.covers(phi)
         write_config(work / "config.yaml", plain)
         save_split_copy(run, work)
         save(unet, work, extra={**_manifest_extra(cfg, data.info),

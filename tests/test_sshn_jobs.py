@@ -60,6 +60,7 @@ def test_export_gives_a_plain_unet_run_that_every_command_takes(hyper_run, tmp_p
 
 @pytest.mark.parametrize("argv,message", [
     (["sshn", "sweep", "RUN", "--phis", "0.5:0.1:3"], "--phis"),
+    (["sshn", "sweep", "RUN", "--repeats", "0"], "--repeats must be a positive integer"),
     (["sshn", "export", "RUN", "--phi", "0", "--name", "zero"], "--phi must lie in"),
     (["sshn", "sweep", "PLAIN"], "not a scale-space hypernetwork"),
 ])

@@ -88,14 +88,17 @@ class ScaleSpaceHyperNet(nn.Module):
             raise ConfigError(f"hidden must list positive widths, got {list(hidden)}")
         self.phi_range = (float(phi_range[0]), float(phi_range[1]))
         self.phi = float(phi) if phi is not None else sum(self.phi_range) / 2
+        if not 0 <= self.phi <= 1.5:
+            raise ConfigError(f"phi must be in [0, 1.5], got {phi}")
         self.feature_scale = 1.0 / int(hidden[-1]) if scale_features else 1.0
         self.unet_args = dict(spatial_dims=spatial_dims, in_channels=in_channels,
                               out_channels=out_channels, channels=list(channels),
                               convs_per_level=convs_per_level, norm=norm, act=act,
                               downsampling="resize")
-        template = UNet(**self.unet_args, phi=max(self.phi, 1e-3))
+        template = UNet(**self.unet_args)  # its phi is set at every forward
         initial = {k: v.detach().clone() for k, v in template.named_parameters()}
         self.shapes = {k: tuple(v.shape) for k, v in initial.items()}
+        self.sizes = [v.numel() for v in initial.values()]
         # The template only supplies the forward code: its tensors live on the
         # meta device and it is kept out of the module tree (not saved, not trained).
         self.__dict__["_primary"] = template.to("meta")
@@ -105,7 +108,7 @@ class ScaleSpaceHyperNet(nn.Module):
         for a, b in zip(widths[:-1], widths[1:]):
             mlp += [nn.Linear(a, b), nn.LeakyReLU(0.01)]
         self.mlp = nn.Sequential(*mlp)
-        self.output = nn.Linear(widths[-1], sum(v.numel() for v in initial.values()))
+        self.output = nn.Linear(widths[-1], sum(self.sizes))
         self._init(initial)
 
     def _init(self, initial: dict[str, torch.Tensor]) -> None:
@@ -126,17 +129,17 @@ class ScaleSpaceHyperNet(nn.Module):
     def weights(self, phi: float) -> dict[str, torch.Tensor]:
         """Every parameter of the primary U-Net at ``phi``, by its name."""
         flat = self.output(self.mlp(self.encode(phi)) * self.feature_scale)
-        out, offset = {}, 0
-        for name, shape in self.shapes.items():
-            size = int(torch.Size(shape).numel())
-            out[name] = flat[offset:offset + size].view(shape)
-            offset += size
-        return out
+        return {name: part.view(shape) for (name, shape), part
+                in zip(self.shapes.items(), flat.split(self.sizes))}
+
+    def covers(self, phi: float) -> bool:
+        """Whether ``phi`` lies in the training range (outside it the weights are extrapolated)."""
+        return self.phi_range[0] <= phi <= self.phi_range[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         phi = sample_phi(self.phi_range) if self.training else self.phi
         primary = self._primary
-        primary.set_phi(max(phi, 1e-3))
+        primary.set_phi(phi)  # phi 0 is fine: resized sides never go below 2
         primary.train(self.training)
         return functional_call(primary, self.weights(phi), (x,))
 

@@ -18,6 +18,7 @@ _LAZY = {
     "count_flops": "medslim.cost",
     "MedslimError": "medslim.errors",
     "prune": "medslim.pruning",
+    "attach_head": "medslim.models.jnet",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 EXAMPLES = {
     "train": "medslim train kvasir-unet --data ../shared/data -o train.epochs=5 --name my-run",
+    "lowres": "medslim train kvasir-unet --input-size 32 --output-size 256 --name small-input",
     "evaluate": "medslim evaluate runs/my-run --split test",
     "cost": "medslim cost runs/my-run --threads 1 2",
     "export": "medslim export runs/my-run --output my-run.onnx",
@@ -34,6 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
     _training_arguments(p, "kvasir-unet, kvasir-demo, hippocampus-unet, pneumoniamnist-vgg")
     p.add_argument("--prune", metavar="METHOD",
                    help="prune while training: sauron (options with -o prune.lam=0.5 ...)")
+    p.add_argument("--input-size", type=int, nargs="+", metavar="N",
+                   help="train on images this small (e.g. 32) against masks of --output-size")
+    p.add_argument("--output-size", type=int, nargs="+", metavar="N",
+                   help="the mask size the model predicts (e.g. 256), a multiple of --input-size")
+    p.add_argument("--head", choices=["jnet", "bilinear"],
+                   help="how --input-size logits reach --output-size (default jnet: a learned "
+                        "head of under 200 parameters)")
 
     p = _sub(sub, "evaluate", "evaluate a finished run on its saved split")
     p.add_argument("run", type=Path)
@@ -158,6 +166,7 @@ def cmd_train(args, train=None) -> int:
     prune = getattr(args, "prune", None)
     overrides = [*args.overrides, *([f"prune.method={prune}"] if prune else [])]
     cfg = load_config(args.config, overrides)
+    cfg = _low_resolution(cfg, args)
     if args.name:
         cfg["name"] = args.name
     if args.output:
@@ -171,6 +180,19 @@ def cmd_train(args, train=None) -> int:
     _print_results(json.loads((run / "results.json").read_text())["test"], f"test metrics ({run})")
     print(f"run folder: {run}")
     return 0
+
+
+def _low_resolution(cfg: dict, args) -> dict:
+    sizes = getattr(args, "input_size", None), getattr(args, "output_size", None)
+    head = getattr(args, "head", None)
+    if sizes == (None, None) and head is None:
+        return cfg
+    from medslim.config import with_low_resolution
+    from medslim.errors import ConfigError
+
+    if None in sizes:
+        raise ConfigError("--input-size and --output-size go together (and --head needs both)")
+    return with_low_resolution(cfg, *sizes, head=head)
 
 
 def cmd_evaluate(args) -> int:

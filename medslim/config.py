@@ -174,3 +174,31 @@ def _config_path(path: str | Path) -> Path:
     if p.suffix in (".yaml", ".yml") or p.exists() or "/" in str(path):
         return p
     return builtin_config(str(path))
+
+
+def with_low_resolution(cfg: dict, input_size: list[int], output_size: list[int],
+                        head: str | None = None) -> dict:
+    """The config for training on ``input_size`` images against ``output_size`` masks.
+
+    The config's network becomes the backbone of a ``lowres`` model (the
+    J-Net head, or bilinear upsampling with ``head="bilinear"``). A single
+    number means a square (``32`` -> ``[32, 32]``).
+    """
+    cfg = copy.deepcopy(cfg)
+    size, label_size = _square(input_size, "--input-size"), _square(output_size, "--output-size")
+    cfg["data"]["size"], cfg["data"]["label_size"] = size, label_size
+    model = cfg["model"]
+    if model.get("name") != "lowres":
+        model = {"name": "lowres", "backbone": model}
+    if head is not None:
+        model["head"] = head
+    model.pop("factor", None)  # follows from the sizes
+    cfg["model"] = model
+    return cfg
+
+
+def _square(size: list[int] | int, option: str) -> list[int]:
+    size = [size] if isinstance(size, int) else list(size)
+    if not size or len(size) > 2 or not all(isinstance(s, int) and s > 0 for s in size):
+        raise ConfigError(f"{option} must be one or two positive integers, got {size}")
+    return size * 2 if len(size) == 1 else size

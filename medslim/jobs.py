@@ -15,30 +15,24 @@ from typing import Any
 from medslim._io import write_json, write_text
 from medslim.errors import ConfigError
 
-CHANNEL_ARGS = ("in_channels", "n_input_channels")
-CLASS_ARGS = ("out_channels", "num_classes")
-
 
 def fill_model_spec(model_cfg: dict, info) -> dict:
-    """Complete a model spec from the data: dimensions, channels and classes."""
-    from medslim.models import _resolve
+    """Complete a model spec from the data: dimensions, channels, classes, upsampling factor."""
+    from medslim.models import _resolve, complete_spec
 
-    spec = copy.deepcopy(model_cfg)
-    params = inspect.signature(_resolve(spec["name"])).parameters
-    if "spatial_dims" in params:
-        spec.setdefault("spatial_dims", info.spatial_dims)
-    for names, value, what in ((CHANNEL_ARGS, info.in_channels, "image channels"),
-                               (CLASS_ARGS, info.num_classes, "classes")):
-        key = next((n for n in names if n in params), None)
-        if key is None:
-            continue
-        if key in spec and spec[key] != value:
-            raise ConfigError(f"model.{key}={spec[key]} does not fit the data, which has "
-                              f"{value} {what}; remove model.{key} or set it to {value}")
-        spec[key] = value
-    if spec.get("spatial_dims", info.spatial_dims) != info.spatial_dims:
-        raise ConfigError(f"model.spatial_dims={spec['spatial_dims']} but the data is "
-                          f"{info.spatial_dims}D")
+    spec = complete_spec(model_cfg, info.spatial_dims, info.in_channels, info.num_classes)
+    factor = info.output_factor
+    takes_factor = "factor" in inspect.signature(_resolve(spec["name"])).parameters
+    if factor is not None and not takes_factor:
+        raise ConfigError(f"data.label_size asks for masks {factor}x the input size, but model "
+                          f"{spec['name']!r} predicts at its input size; use model.name: lowres "
+                          "(with the network as model.backbone)")
+    if takes_factor:
+        if factor is None:
+            raise ConfigError(f"model {spec['name']!r} upsamples its output: set data.label_size "
+                              "(the mask size) as a multiple of data.size")
+        if spec.setdefault("factor", factor) != factor:
+            raise ConfigError(f"model.factor={spec['factor']} but data.label_size / data.size = {factor}")
     return spec
 
 

@@ -58,6 +58,39 @@ def test_bad_input_gives_one_clear_line_and_exit_2(argv, message, tmp_path, caps
     assert not any(tmp_path.iterdir())
 
 
+def test_low_resolution_training_predicts_full_size_masks(tmp_path, shared_data, capsys):
+    from medslim.artifacts import load
+
+    args = ["train", "kvasir-unet", "--data", str(shared_data), "--output", str(tmp_path), "--name", "small",
+            "--input-size", "16", "--output-size", "64", "-o", "data.limit=24", "-o", "model.channels=[4,8]",
+            "-o", "train.epochs=1", "--quiet"]
+    assert main(args) == 0
+    run = tmp_path / "small"
+    model = load(run)
+    assert model.factor == 4 and model.head is not None
+    assert model.medslim_manifest["extra"]["input_shape"] == [1, 3, 16, 16]
+    import torch
+
+    assert model(torch.zeros(1, 3, 16, 16)).shape == (1, 2, 64, 64)
+    results = json.loads((run / "results.json").read_text())
+    assert 0 <= results["test"]["dice"] <= 1 and results["test"]["n_cases"] >= 1
+    assert main(["cost", str(run), "--threads", "1", "--repeats", "2"]) == 0
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--input-size", "32"], "--input-size and --output-size go together"),
+    (["--input-size", "32", "--output-size", "100"], "must be the same whole multiple"),
+    (["--input-size", "32", "--output-size", "1024"], "upsampling factor must be 2, 4, 8 or 16"),
+    (["-o", "data.size=[32,32]", "-o", "data.label_size=[64,64]"], "use model.name: lowres"),
+])
+def test_low_resolution_option_errors(argv, message, tmp_path, shared_data, capsys):
+    code = main(["train", "kvasir-unet", "--data", str(shared_data), "--output", str(tmp_path), "--quiet",
+                 "-o", "data.limit=24", *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not any(tmp_path.iterdir())
+
+
 def test_missing_data_folder(tmp_path, capsys):
     code = main(["train", "kvasir-unet", "--data", str(tmp_path / "nowhere"), "--output", str(tmp_path / "r"),
                  "--quiet"])

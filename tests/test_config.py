@@ -47,3 +47,17 @@ def test_override_values_are_typed():
     assert parse_override("train.lr=1e-4") == ("train.lr", 1e-4)
     assert parse_override("train.deterministic=false") == ("train.deterministic", False)
     assert parse_override("name=abc") == ("name", "abc")
+
+
+def test_with_low_resolution_wraps_the_network_as_backbone():
+    from medslim.config import with_low_resolution
+
+    cfg = load_config("kvasir-unet")
+    low = with_low_resolution(cfg, [32], [256], head="bilinear")
+    assert low["data"]["size"] == [32, 32] and low["data"]["label_size"] == [256, 256]
+    assert low["model"] == {"name": "lowres", "backbone": cfg["model"], "head": "bilinear"}
+    again = with_low_resolution(low, [64, 64], [256, 256])  # a lowres model is not wrapped twice
+    assert again["model"]["backbone"] == cfg["model"] and again["data"]["size"] == [64, 64]
+    assert cfg["model"]["name"] == "unet"  # the input is left alone
+    with pytest.raises(ConfigError, match="--input-size must be one or two positive integers"):
+        with_low_resolution(cfg, [0], [256])

@@ -150,6 +150,36 @@ def test_config_errors(cfg, message, tmp_path):
         build_data(cfg, tmp_path)
 
 
+def test_low_resolution_images_with_full_resolution_masks(shared_data):
+    cfg = {"dataset": "kvasir-seg", "limit": 12, "size": [32, 32], "label_size": [128, 128]}
+    data = build_data(cfg, _dataset(shared_data, "kvasir-seg"))
+    assert data.info.label_size == (128, 128) and data.info.output_factor == 4
+    item = data.train[0]
+    assert item["image"].shape == (3, 32, 32) and item["label"].shape == (1, 128, 128)
+    test = data.test[0]
+    assert test["image"].shape == (3, 32, 32) and test["label"].shape == (1, 128, 128)
+    assert test["shape"] == (128, 128)
+    assert TaskInfo(**data.info.to_dict()).label_size == [128, 128]
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ({"size": None, "label_size": [256, 256]}, r"data.label_size \[256, 256\] needs data.size"),
+    ({"size": [32, 32], "label_size": [100, 100]}, "must be the same whole multiple"),
+    ({"size": [32, 32], "label_size": [64, 128]}, "must be the same whole multiple"),
+    ({"size": [32, 32], "label_size": [32, 32]}, "must be the same whole multiple"),
+    ({"size": [32, 32], "label_size": [64]}, "data.label_size must be null or a list of 2"),
+])
+def test_label_size_errors(extra, message, tmp_path):
+    with pytest.raises(ConfigError, match=message):
+        build_data({"dataset": "kvasir-seg", **extra}, tmp_path)
+
+
+def test_label_size_needs_2d_segmentation(shared_data):
+    cfg = {"dataset": "pneumoniamnist", "limit": 20, "size": [28, 28], "label_size": [56, 56]}
+    with pytest.raises(ConfigError, match="data.label_size needs 2D segmentation data"):
+        build_data(cfg, _dataset(shared_data, "pneumoniamnist"))
+
+
 def test_size_of_wrong_dimension(shared_data):
     cfg = {"dataset": "kvasir-seg", "limit": 4, "size": [32, 32, 32]}
     with pytest.raises(ConfigError, match=r"data.size \[32, 32, 32\] does not match the 2D images"):

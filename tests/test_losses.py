@@ -43,3 +43,34 @@ def test_stacked_heads_as_monai_dynunet_returns_them():
 def test_classification_uses_cross_entropy():
     loss = make_loss("classification")
     assert loss(torch.tensor([[5.0, -5.0]]), torch.tensor([0])) < 0.01
+
+
+def test_equal_style_averages_scales_against_area_resized_soft_targets():
+    from medslim.training.losses import SoftTargetMultiScaleLoss
+
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, out, target):
+            seen.append(target)
+            return out.mean() * 0 + len(seen)
+
+    label = torch.zeros(1, 1, 4, 4, dtype=torch.long)
+    label[0, 0, 0, 0] = 1  # one foreground pixel of the top-left 2x2 block
+    value = SoftTargetMultiScaleLoss(Probe())([torch.zeros(1, 2, 4, 4), torch.zeros(1, 2, 2, 2)], label)
+    assert value.item() == pytest.approx((1 + 2) / 2)  # equal weights
+    assert seen[0].shape == (1, 2, 4, 4) and seen[0][0, 1, 0, 0] == 1
+    assert seen[1][0, 1, 0, 0].item() == pytest.approx(0.25)  # a fraction, not a nearest guess
+    torch.testing.assert_close(seen[1].sum(1), torch.ones(1, 2, 2))
+
+
+def test_equal_style_is_low_for_perfect_outputs_at_every_scale():
+    loss = make_loss("segmentation", "auto", "equal")
+    label = torch.zeros(2, 1, 16, 16, dtype=torch.long)
+    label[:, :, 4:12, 4:12] = 1
+    small = torch.nn.functional.interpolate(label.float(), size=(8, 8), mode="area").long()
+    good = loss([_perfect_logits(label, 2), _perfect_logits(small, 2)], label)
+    bad = loss([_perfect_logits(1 - label, 2), _perfect_logits(1 - small, 2)], label)
+    assert good < 0.05 < bad
+    for name in ("dice", "ce"):
+        assert make_loss("segmentation", name, "equal")(_perfect_logits(label, 2), label) < 0.05

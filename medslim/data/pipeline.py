@@ -35,6 +35,7 @@ DEFAULTS: dict[str, Any] = {
     "format": None,
     "options": {},
     "size": None,
+    "label_size": None,
     "slices": False,
     "normalize": None,
     "augment": True,
@@ -72,10 +73,20 @@ class TaskInfo:
     num_classes: int
     class_names: list[str]
     input_size: tuple[int, ...]
+    #: the mask size when it differs from the input size (low-resolution input)
+    label_size: tuple[int, ...] | None = None
+
+    @property
+    def output_factor(self) -> int | None:
+        """Mask size / input size, or None when the masks are at the input size."""
+        if self.label_size is None:
+            return None
+        return self.label_size[0] // self.input_size[0]
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["input_size"] = list(self.input_size)
+        d["label_size"] = None if self.label_size is None else list(self.label_size)
         return d
 
 
@@ -101,13 +112,14 @@ def build_data(cfg: Mapping[str, Any], root: str | Path, split: Mapping | None =
     split; its ids must all be among the cases read.
     """
     opts = resolve_config(cfg)
-    prep = _Preprocessor(opts["size"], opts["normalize"])
+    prep = _Preprocessor(opts["size"], opts["normalize"], opts["label_size"])
     raw = _read(opts, Path(root), prep)
     split = _choose_split(opts, raw, split)
     info = _task_info(opts, raw, split["train"])
     cases = dict(zip(raw.ids, zip(raw.images, raw.labels)))
     train = _train_dataset(info, [(i, *cases[i]) for i in split["train"]], opts)
-    val, test = ([_eval_item(info, i, *cases[i], opts["divisible"]) for i in split[s]] for s in ("val", "test"))
+    divisible = None if info.label_size else opts["divisible"]  # resized items need no padding
+    val, test = ([_eval_item(info, i, *cases[i], divisible) for i in split[s]] for s in ("val", "test"))
     return TaskData(info, split, train, val, test)
 
 
@@ -149,6 +161,12 @@ def _check_values(o: dict[str, Any]) -> None:
     need("size", size in (None, "default") or (
         isinstance(size, (list, tuple)) and len(size) in (2, 3) and all(is_int(s) and s > 0 for s in size)
     ), "null or a list of 2 or 3 positive integers")
+    label_size = o["label_size"]
+    need("label_size", label_size is None or (
+        isinstance(label_size, (list, tuple)) and len(label_size) == 2 and all(is_int(s) and s > 0 for s in label_size)
+    ), "null or a list of 2 positive integers (2D images)")
+    if label_size is not None:
+        _check_label_size(o["size"], label_size)
     need("format", o["format"] is None or isinstance(o["format"], str), "a format name")
     need("options", isinstance(o["options"], Mapping), "a mapping of reader options")
     need("slices", isinstance(o["slices"], bool), "true or false")
@@ -160,6 +178,18 @@ def _check_values(o: dict[str, Any]) -> None:
     need("test_fraction", o["test_fraction"] is None or isinstance(o["test_fraction"], (int, float)), "null or a number")
     need("val_fraction", isinstance(o["val_fraction"], (int, float)), "a number")
     need("divisible", is_int(o["divisible"]) and o["divisible"] > 0, "a positive integer")
+
+
+def _check_label_size(size: Any, label_size: Sequence[int]) -> None:
+    """Masks at a whole multiple of the input size, the same along every axis."""
+    if not isinstance(size, (list, tuple)) or len(size) != len(label_size):
+        raise ConfigError(f"data.label_size {list(label_size)} needs data.size, the input size, with "
+                          f"as many axes (e.g. data.size=[32,32] with data.label_size=[256,256])")
+    ratios = {t / s for s, t in zip(size, label_size)}
+    ratio = ratios.pop()
+    if ratios or ratio != int(ratio) or ratio < 2:
+        raise ConfigError(f"data.label_size {list(label_size)} must be the same whole multiple "
+                          f"(2 or more) of data.size {list(size)} along every axis")
 
 
 # --------------------------------------------------------------------------
@@ -204,6 +234,8 @@ def _task_info(opts: dict[str, Any], raw: RawData, train_ids: list[str]) -> Task
     size = _input_size(opts, raw, shapes)
     if len(size) != raw.spatial_dims:
         raise ConfigError(f"data.size {list(size)} does not match the {raw.spatial_dims}D images")
+    if opts["label_size"] is not None and (raw.task != "segmentation" or raw.spatial_dims != 2):
+        raise ConfigError(f"data.label_size needs 2D segmentation data; {opts['dataset']!r} is not such data")
     return TaskInfo(
         task=raw.task,
         spatial_dims=raw.spatial_dims,
@@ -211,6 +243,7 @@ def _task_info(opts: dict[str, Any], raw: RawData, train_ids: list[str]) -> Task
         num_classes=raw.num_classes,
         class_names=list(raw.class_names),
         input_size=size,
+        label_size=None if opts["label_size"] is None else tuple(opts["label_size"]),
     )
 
 
@@ -259,8 +292,9 @@ class _Preprocessor:
     label as an int64 scalar.
     """
 
-    def __init__(self, size: Any, normalize: str | None):
+    def __init__(self, size: Any, normalize: str | None, label_size: Any = None):
         self.size = None if size in (None, "default") else tuple(size)
+        self.label_size = None if label_size is None else tuple(label_size)
         self.normalize = normalize
 
     def __call__(self, image: np.ndarray, label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -285,31 +319,34 @@ class _Preprocessor:
 
         if len(self.size) != image.ndim - 1:
             raise ConfigError(f"data.size {list(self.size)} does not match the {image.ndim - 1}D images")
-        if tuple(image.shape[1:]) == self.size:
+        label_done = self.label_size is None or tuple(label.shape) == self.label_size
+        if tuple(image.shape[1:]) == self.size and label_done:
             return image, label
         shrinking = all(t <= s for t, s in zip(self.size, image.shape[1:]))
         image = Resize(self.size, mode="area" if shrinking else "bilinear")(image)
         if segmentation:
-            label = Resize(self.size, mode="nearest-exact")(label[None].float())[0].round().long()
+            target = self.label_size or self.size
+            label = Resize(target, mode="nearest-exact")(label[None].float())[0].round().long()
         return image, label
 
 
-def _eval_item(info: TaskInfo, case: str, image: torch.Tensor, label: torch.Tensor, divisible: int) -> dict:
-    """An un-augmented item; segmentation items are padded at the end to ``divisible``.
+def _eval_item(info: TaskInfo, case: str, image: torch.Tensor, label: torch.Tensor,
+               divisible: int | None) -> dict:
+    """An un-augmented item; segmentation items are padded at the end to ``divisible`` (None: not padded).
 
-    ``shape`` is the size before padding: ``x[..., :shape[0], :shape[1]]`` undoes it.
+    ``shape`` is the label's size before padding: ``x[..., :shape[0], :shape[1]]`` undoes it.
     """
     from monai.transforms import DivisiblePad, SpatialPad
 
     with _plain_tensors():
         if info.task == "classification":
             return {"image": SpatialPad(info.input_size)(image), "label": label.long(), "id": case}
-        pad = DivisiblePad(divisible, method="end")
+        pad = DivisiblePad(divisible, method="end") if divisible else (lambda t: t)
         return {
             "image": pad(image),
             "label": pad(label[None]).long(),
             "id": case,
-            "shape": tuple(int(s) for s in image.shape[1:]),
+            "shape": tuple(int(s) for s in label.shape),
         }
 
 

@@ -23,12 +23,15 @@ NATIVE = {
     "unet": ("medslim.models.unet", "UNet"),
     "vgg16_bn": ("medslim.models.vgg", "VGGClassifier"),
     "sshn": ("medslim.models.sshn", "ScaleSpaceHyperNet"),
+    "lowres": ("medslim.models.jnet", "LowResSegmenter"),
 }
 MONAI_PREFIX = "monai."
 # The MONAI networks medslim is tested with; others by name are allowed too.
 MONAI_TESTED = ("UNet", "BasicUNet", "DynUNet", "AttentionUnet", "SegResNet",
                 "DenseNet121", "ResNet", "resnet18")
 SPEC_ATTR = "_medslim_spec"
+CHANNEL_ARGS = ("in_channels", "n_input_channels")
+CLASS_ARGS = ("out_channels", "num_classes")
 
 
 def model_names() -> list[str]:
@@ -80,3 +83,27 @@ def _check_kwargs(name: str, cls, kwargs: dict) -> None:
         allowed = ", ".join(p for p in params if p != "self")
         raise ConfigError(f"model {name!r} has no option {', '.join(map(repr, unknown))}; "
                           f"its options are: {allowed}")
+
+
+def complete_spec(spec: dict[str, Any], spatial_dims: int | None, in_channels: int | None,
+                  classes: int | None) -> dict[str, Any]:
+    """Fill a spec's dimensions, image channels and classes under whatever names its network uses.
+
+    Values the spec already states must agree; ``None`` leaves a value to the spec.
+    """
+    spec = copy.deepcopy(spec)
+    params = inspect.signature(_resolve(spec["name"])).parameters
+    if "spatial_dims" in params and spatial_dims is not None:
+        spec.setdefault("spatial_dims", spatial_dims)
+    for names, value, what in ((CHANNEL_ARGS, in_channels, "image channels"),
+                               (CLASS_ARGS, classes, "classes")):
+        key = next((n for n in names if n in params), None)
+        if key is None or value is None:
+            continue
+        if key in spec and spec[key] != value:
+            raise ConfigError(f"model.{key}={spec[key]} does not fit the data, which has "
+                              f"{value} {what}; remove model.{key} or set it to {value}")
+        spec[key] = value
+    if spatial_dims is not None and spec.get("spatial_dims", spatial_dims) != spatial_dims:
+        raise ConfigError(f"model.spatial_dims={spec['spatial_dims']} but the data is {spatial_dims}D")
+    return spec

@@ -96,7 +96,7 @@ def fit(model: nn.Module, data, cfg: dict, workdir: Path, resume: bool = False,
     if resuming:  # a model pruned during training resumes at its pruned widths
         resize_to_checkpoint(workdir / CHECKPOINT, model)
     optimizer = make_optimizer(model, tcfg)
-    loss_fn = make_loss(data.info.task, tcfg["loss"])
+    loss_fn = make_loss(data.info.task, tcfg["loss"], getattr(model, "deep_supervision_style", "halving"))
     state = {"epoch": 0, "best_score": -math.inf, "best_epoch": -1, "train_seconds": 0.0}
     if resuming:
         state = load_checkpoint(workdir / CHECKPOINT, model, optimizer)

@@ -1,4 +1,15 @@
-"""Losses: Dice + cross-entropy (MONAI) for segmentation, with deep supervision."""
+"""Losses: Dice + cross-entropy (MONAI) for segmentation, with deep supervision.
+
+Two styles of deep supervision, chosen by the model (its
+``deep_supervision_style`` attribute):
+
+- ``"halving"`` (nnU-Net): weights halve with each lower resolution, and the
+  label map is resized by nearest neighbour;
+- ``"equal"`` (J-Net): every scale weighs the same, and each target is the
+  one-hot mask averaged over the pixels it covers (area resizing), so a
+  low-resolution output learns the fraction of foreground rather than a
+  blocky guess.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +17,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+STYLES = ("halving", "equal")
 
-def make_loss(task: str, name: str = "auto") -> nn.Module:
+
+def make_loss(task: str, name: str = "auto", style: str = "halving") -> nn.Module:
     if task == "classification":
         return nn.CrossEntropyLoss()
     from monai.losses import DiceCELoss, DiceLoss
 
     name = "dice_ce" if name == "auto" else name
+    if style == "equal":
+        return SoftTargetMultiScaleLoss(_soft_target_base(name))
     if name == "ce":
         return _CrossEntropyOnLabelMap()
     # nnU-Net's choice: batch Dice without the background class, plus CE
@@ -23,9 +38,25 @@ def make_loss(task: str, name: str = "auto") -> nn.Module:
     return DeepSupervisionLoss(base)
 
 
+def _soft_target_base(name: str) -> nn.Module:
+    """The same losses as above, taking (B, C, *S) class probabilities as targets."""
+    from monai.losses import DiceCELoss, DiceLoss
+
+    if name == "ce":
+        return _CrossEntropyOnProbabilities()
+    if name == "dice":
+        return DiceLoss(softmax=True, include_background=False, batch=True)
+    return DiceCELoss(softmax=True, include_background=False, batch=True)
+
+
 class _CrossEntropyOnLabelMap(nn.Module):
     def forward(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, label[:, 0])
+
+
+class _CrossEntropyOnProbabilities(nn.Module):
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, target)
 
 
 class DeepSupervisionLoss(nn.Module):
@@ -53,3 +84,27 @@ class DeepSupervisionLoss(nn.Module):
                 target = F.interpolate(label.float(), size=out.shape[2:], mode="nearest").long()
             total = total + w * self.base(out, target)
         return total
+
+
+class SoftTargetMultiScaleLoss(nn.Module):
+    """The mean of ``base`` over every output, each against the area-resized one-hot mask.
+
+    J-Net sums its scales with equal weights; the mean differs only by a
+    constant, and keeps the loss on the scale of a single-output run.
+    """
+
+    def __init__(self, base: nn.Module):
+        super().__init__()
+        self.base = base
+
+    def forward(self, outputs, label: torch.Tensor) -> torch.Tensor:
+        outputs = [outputs] if torch.is_tensor(outputs) else list(outputs)
+        classes = outputs[0].shape[1]
+        onehot = F.one_hot(label[:, 0].long(), classes).movedim(-1, 1).float()
+        total = 0.0
+        for out in outputs:
+            target = onehot
+            if out.shape[2:] != onehot.shape[2:]:
+                target = F.interpolate(onehot, size=out.shape[2:], mode="area")
+            total = total + self.base(out, target)
+        return total / len(outputs)

@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the mask size the model predicts (e.g. 256), a multiple of --input-size")
     p.add_argument("--head", choices=["jnet", "bilinear"],
                    help="how --input-size logits reach --output-size (default jnet: a learned "
-                        "head of under 200 parameters)")
+                        "head, 87 parameters per class at 8x)")
 
     p = _sub(sub, "evaluate", "evaluate a finished run on its saved split")
     p.add_argument("run", type=Path)

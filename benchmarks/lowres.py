@@ -34,7 +34,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -155,33 +154,9 @@ def dice_with_bilinear_instead(run: Path, args) -> float:
 
 def time_models(models: dict[str, Path], args) -> dict[str, dict]:
     """ONNX Runtime at 1 thread, batch 1: every model timed in turn, round after round."""
-    import numpy as np
-    import torch
+    from onnx_timing import time_in_turns
 
-    from medslim.artifacts import load
-    from medslim.cost import export_onnx
-    from medslim.cost.latency import ort_feeds, ort_session
-
-    times: dict[str, list[float]] = {k: [] for k in models}
-    with tempfile.TemporaryDirectory() as tmp:
-        sessions = {}
-        for key, run in models.items():
-            model = load(run)
-            example = torch.randn(*model.medslim_manifest["extra"]["input_shape"])
-            file = Path(tmp) / f"{key}.onnx"
-            export_onnx(model, example, file)  # checked against PyTorch
-            session = ort_session(file, threads=1)
-            feeds = ort_feeds(session, example)
-            for _ in range(5):
-                session.run(None, feeds)
-            sessions[key] = (session, feeds)
-        for _ in range(args.repeats):
-            for key, (session, feeds) in sessions.items():
-                start = time.perf_counter()
-                session.run(None, feeds)
-                times[key].append(time.perf_counter() - start)
-    return {k: {"median_ms": 1e3 * float(np.median(v)), "fps": 1.0 / float(np.median(v))}
-            for k, v in times.items()}
+    return {k: {"median_ms": 1e3 * t, "fps": 1.0 / t} for k, t in time_in_turns(models, args.repeats).items()}
 
 
 def collect(args) -> dict:

@@ -15,6 +15,8 @@ EXAMPLES = {
     "cost": "medslim cost runs/my-run --threads 1 2",
     "export": "medslim export runs/my-run --output my-run.onnx",
     "prune": "medslim prune runs/my-run --method taylor_gn --flops-ratio 0.25 --finetune-epochs 5",
+    "transfer": "medslim train pneumoniamnist-vgg --pretrained source/ --freeze-backbone --name head; "
+                "medslim prune runs/head --method channel_scaling --params-ratio 0.05",
     "sshn": "medslim sshn train kvasir-sshn --name hyper; medslim sshn sweep runs/hyper; "
             "medslim sshn export runs/hyper --phi 0.3",
     "data": "medslim data list   |   medslim data fetch hippocampus",
@@ -39,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train on images this small (e.g. 32) against masks of --output-size")
     p.add_argument("--output-size", type=int, nargs="+", metavar="N",
                    help="the mask size the model predicts (e.g. 256), a multiple of --input-size")
+    p.add_argument("--pretrained", metavar="WEIGHTS",
+                   help="start from these weights (a medslim model folder, .safetensors, or a PyTorch "
+                        "state dict such as torchvision's vgg16_bn); the classifier head starts fresh")
+    p.add_argument("--freeze-backbone", action="store_true",
+                   help="train only the classifier head (with --pretrained: transfer learning)")
     p.add_argument("--head", choices=["jnet", "bilinear"],
                    help="how --input-size logits reach --output-size (default jnet: a learned "
                         "head, 87 parameters per class at 8x)")
@@ -64,7 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", type=Path)
     p.add_argument("--method", required=True,
                    help="l1, l2, taylor, taylor_gate, taylor_gn, taylor_rand, fpgm, hrank, slimming, "
-                        "bn_stats, random, or uniform (same fraction everywhere, trained from scratch)")
+                        "bn_stats, random, uniform (same fraction everywhere, trained from scratch), "
+                        "or channel_scaling (a classifier's frozen backbone: trained scales select "
+                        "its channels, in rounds; the target is optional)")
+    p.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of the method, e.g. --option batches=16 (taylor, hrank) or "
+                        "--option lam=1e-3 --option threshold=0.05 --option rounds=10 "
+                        "--option epochs=3 (channel_scaling)")
     p.add_argument("--flops-ratio", type=float, help="fraction of FLOPs to keep, e.g. 0.25")
     p.add_argument("--params-ratio", type=float, help="fraction of parameters to keep")
     p.add_argument("--latency-ms", type=float, help="or: a PyTorch latency target at batch 1, 1 thread")
@@ -166,6 +179,10 @@ def cmd_train(args, train=None) -> int:
     prune = getattr(args, "prune", None)
     overrides = [*args.overrides, *([f"prune.method={prune}"] if prune else [])]
     cfg = load_config(args.config, overrides)
+    if getattr(args, "pretrained", None):
+        cfg["train"]["pretrained"] = str(Path(args.pretrained).absolute())
+    if getattr(args, "freeze_backbone", False):
+        cfg["train"]["freeze_backbone"] = True
     cfg = _low_resolution(cfg, args)
     if args.name:
         cfg["name"] = args.name
@@ -222,15 +239,23 @@ def cmd_export(args) -> int:
 def cmd_prune(args) -> int:
     from medslim.jobs import prune_run
 
-    if args.flops_ratio is None and args.params_ratio is None and args.latency_ms is None:
-        from medslim.errors import ConfigError
+    from medslim.config import parse_override
+    from medslim.errors import ConfigError
 
+    targets = (args.flops_ratio, args.params_ratio, args.latency_ms)
+    if targets == (None, None, None) and args.method != "channel_scaling":
         raise ConfigError("give a target: --flops-ratio R, --params-ratio R or --latency-ms MS")
+    if args.method == "channel_scaling" and (args.flops_ratio, args.latency_ms) != (None, None):
+        raise ConfigError("channel_scaling stops at a parameter target: use --params-ratio "
+                          "(or none: rounds until no scale falls under the threshold)")
+    options = dict(parse_override(item) for item in args.options)
+    if args.latency_ms:
+        options["latency_ms"] = args.latency_ms
     run = prune_run(args.run, args.method, args.flops_ratio, args.params_ratio, args.finetune_epochs,
                     args.finetune_lr, args.steps if args.schedule == "iterative" else 1, args.scope,
                     args.max_fraction, args.round_to, args.name, args.output, args.data, args.overwrite,
                     progress=not args.quiet, measure=not args.no_cost, dice_tolerance=args.dice_tolerance,
-                    options={"latency_ms": args.latency_ms} if args.latency_ms else None)
+                    options=options or None)
     results = json.loads((run / "results.json").read_text())
     _print_results({"flops_ratio": results["flops_ratio"], "params_ratio": results["params_ratio"],
                     **results["test"]}, f"pruned with {args.method} ({run})")

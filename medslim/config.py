@@ -38,6 +38,11 @@ DEFAULTS: dict[str, Any] = {
         # "best": the weights of the best validation epoch; "last": the final ones
         # (for models validated at one setting but trained for many, e.g. SSHN)
         "keep": "best",
+        # transfer learning: weights to start from (a medslim model folder, a
+        # .safetensors file or a PyTorch state dict; the classifier head starts
+        # fresh), and whether only the head trains
+        "pretrained": None,
+        "freeze_backbone": False,
     },
     "eval": {
         "overlap": 0.25,

@@ -40,9 +40,14 @@ def load_data(cfg: dict, data_path: str | None = None, split: dict | None = None
     from medslim.data import build_data
     from medslim.data.locate import find_dataset
 
+    from medslim.data.locate import DATASETS
+
     data_cfg = dict(cfg["data"])
     saved_path = data_cfg.pop("path", None)  # build_data knows no "path" key
-    root = find_dataset(data_cfg["dataset"], data_path or saved_path)
+    name = data_cfg["dataset"]
+    # a dataset of the user's own, in a known format (data.format), lives where --data says
+    custom = name not in DATASETS and data_cfg.get("format") is not None
+    root = find_dataset(None if custom else name, data_path or saved_path)
     return build_data(data_cfg, root, split=split), root
 
 
@@ -69,6 +74,7 @@ def train_run(cfg: dict, data_path: str | None = None, resume: bool = False,
         write_config(work / "config.yaml", cfg)
         seed_everything(cfg["seed"], cfg["train"]["deterministic"])  # initial weights too
         model = build_model(fill_model_spec(cfg["model"], data.info))
+        transfer = start_from_pretrained(model, cfg["train"])
         result = fit(model, data, cfg, work, resume=resume, progress=callback,
                      hook=training_hook(cfg, data.info))
         close()
@@ -76,7 +82,7 @@ def train_run(cfg: dict, data_path: str | None = None, resume: bool = False,
         results = {"dataset": cfg["data"]["dataset"], "data_root": str(root),
                    "best_epoch": result.best_epoch, "best_val_score": result.best_score,
                    "epochs": result.epochs_run, "train_seconds": result.train_seconds,
-                   "test": test, **_size_of(model, data.info)}
+                   "test": test, **_size_of(model, data.info), **transfer}
         save(model, work, extra=_manifest_extra(cfg, data.info))
         write_json(work / "results.json", results)
     except BaseException:
@@ -89,6 +95,20 @@ def train_run(cfg: dict, data_path: str | None = None, resume: bool = False,
                   f"--resume --name {cfg['name']}", file=sys.stderr)
         raise
     return run.commit()
+
+
+def start_from_pretrained(model, tcfg: dict) -> dict:
+    """Load ``train.pretrained`` (all but the head) and freeze the backbone if asked."""
+    from medslim.pretrained import freeze_backbone, load_pretrained
+
+    out = {}
+    if tcfg.get("pretrained"):
+        out["pretrained"] = load_pretrained(model, tcfg["pretrained"])
+    if tcfg.get("freeze_backbone"):
+        trainable = freeze_backbone(model)
+        out["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        out["trainable"] = trainable
+    return out
 
 
 def training_hook(cfg: dict, info):
@@ -236,7 +256,14 @@ def prune_run(run: Path, method: str, flops_ratio: float | None = None, params_r
 
         start = time.perf_counter()
         stop_when = _tolerance_check(model, data, cfg, dice_tolerance)
-        if external is None:
+        if method == "channel_scaling":
+            if finetune_epochs:
+                raise ConfigError("channel_scaling trains the head and scales in every round "
+                                  "(--option epochs=N per round); --finetune-epochs does not apply")
+            pruned = select_by_scaling(model, torch.zeros(*shape), data, cfg, work, params_ratio,
+                                       round_to, finetune_lr, options, progress)
+            report = pruned.medslim_pruning.to_dict()
+        elif external is None:
             pruned = prune(model, torch.zeros(*shape), method=method, flops_ratio=flops_ratio,
                            params_ratio=params_ratio, data=loader, scope=scope, max_fraction=max_fraction,
                            round_to=round_to, steps=steps, finetune=finetune, stop_when=stop_when,
@@ -265,6 +292,50 @@ def prune_run(run: Path, method: str, flops_ratio: float | None = None, params_r
         shutil.rmtree(out.work, ignore_errors=True)  # pruning has no resume: leave nothing half-done
         raise
     return out.commit()
+
+
+CS_DEFAULTS = {"epochs": 3, "lr": 1e-2}
+
+
+def select_by_scaling(model, example, data, cfg: dict, work: Path, params_ratio: float | None,
+                      round_to: int, lr: float | None, options: dict | None, progress: bool):
+    """Channel scaling on a run's model, each round trained by the run's own loop.
+
+    Per round the head and the scales train for ``epochs`` (default 3) at a
+    constant ``lr`` (default 1e-2: scales must travel from 1 to under the
+    threshold within a round; docs/channel_scaling.md); the other options
+    (``lam``, ``threshold``, ``rounds``, ``settle``) go to the method.
+    """
+    import inspect
+
+    from medslim.progress import training_progress
+    from medslim.pruning import channel_scaling
+    from medslim.training.loop import fit
+
+    opts = {**CS_DEFAULTS, **(options or {})}
+    allowed = [*CS_DEFAULTS, *(p for p in inspect.signature(channel_scaling).parameters
+                               if p in ("lam", "threshold", "rounds", "settle"))]
+    unknown = sorted(set(opts) - set(allowed))
+    if unknown:
+        raise ConfigError(f"unknown option {unknown[0]!r} for channel_scaling; allowed: {', '.join(allowed)}")
+    epochs, rate = opts.pop("epochs"), opts.pop("lr")
+    rate = rate if lr is None else lr  # --finetune-lr wins
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ConfigError(f"channel_scaling option epochs={epochs!r} must be a positive integer")
+    tune = copy.deepcopy(cfg)
+    tune["train"].update(epochs=epochs, lr=float(rate), lr_schedule="constant", keep="last",
+                         pretrained=None, freeze_backbone=False)
+
+    def train(net, hook, r):
+        folder = work / f"round{r}"
+        folder.mkdir()
+        callback, close = training_progress(f"channel scaling round {r}", progress)
+        try:
+            fit(net, data, tune, folder, progress=callback, hook=hook)
+        finally:
+            close()
+
+    return channel_scaling(model, example, train, params_ratio=params_ratio, round_to=round_to, **opts)
 
 
 def _prune_externally(external, model, example, method: str, finetune) -> tuple[Any, dict]:
@@ -305,6 +376,8 @@ def _pruned_name(run: Path, method: str, flops_ratio, params_ratio, options) -> 
         return f"{run.name}-{method}-f{flops_ratio:g}"
     if params_ratio is not None:
         return f"{run.name}-{method}-p{params_ratio:g}"
+    if method == "channel_scaling":
+        return f"{run.name}-{method}"
     return f"{run.name}-{method}-{(options or {}).get('latency_ms', 0):g}ms"
 
 

@@ -147,3 +147,46 @@ def test_prune_writes_a_smaller_run_that_loads_and_exports(tmp_path, shared_data
     code = main(["prune", str(runs / "base"), "--method", "l1", "--flops-ratio", "0.0001", "--name", "tiny"])
     assert code == 2 and "smallest reachable flops_ratio" in capsys.readouterr().err
     assert not (runs / "tiny").exists() and not (runs / ".tiny.partial").exists()
+
+
+def test_transfer_head_only_then_channel_scaling(tmp_path, shared_data, capsys):
+    """Pretrained backbone -> frozen head-only run -> channel scaling, all from the command line."""
+    import torch
+
+    from medslim.artifacts import load, save
+    from medslim.cost import count_params
+    from medslim.models import build_model
+
+    torch.manual_seed(0)
+    source = build_model({"name": "vgg16_bn", "in_channels": 3, "num_classes": 4, "width": 0.125, "hidden": 0})
+    save(source, tmp_path / "source")  # an RGB network of another task
+    runs = tmp_path / "runs"
+    small = ["-o", "data.limit=64", "-o", "model.width=0.125", "-o", "model.hidden=0", "-o", "train.epochs=1",
+             "-o", "train.batch_size=16", "--quiet"]
+    assert main(["train", "pneumoniamnist-vgg", "--data", str(shared_data), "--output", str(runs), "--name", "head",
+                 "--pretrained", str(tmp_path / "source"), "--freeze-backbone", *small]) == 0
+    results = json.loads((runs / "head" / "results.json").read_text())
+    assert results["trainable"] == ["classifier.0.weight", "classifier.0.bias"]
+    assert results["pretrained"]["adapted_input_channels"] == ["features.0.weight"]
+    head = load(runs / "head")
+    src = source.state_dict()
+    for name, tensor in head.state_dict().items():  # weights and batch-norm statistics stayed frozen
+        if name.startswith("features.") and name != "features.0.weight":
+            assert torch.equal(tensor, src[name]), name
+    assert torch.allclose(head.features[0].weight, src["features.0.weight"].sum(1, keepdim=True))
+
+    assert main(["prune", str(runs / "head"), "--method", "channel_scaling", "--params-ratio", "0.6",
+                 "--option", "epochs=1", "--option", "lr=0.2", "--option", "threshold=0.9", "--option", "rounds=3",
+                 "--option", "lam=0.01", "--quiet", "--no-cost"]) == 0
+    pruned = runs / "head-channel_scaling-p0.6"
+    report = json.loads((pruned / "pruning.json").read_text())
+    assert report["params_ratio"] <= 0.6 and report["rounds"][0]["removed"] > 0
+    assert (pruned / "round1" / "metrics.jsonl").exists()
+    assert count_params(load(pruned)) == report["params_after"] < count_params(head)
+    assert main(["prune", str(runs / "head"), "--method", "channel_scaling", "--option", "alpha=1",
+                 "--name", "bad", "--quiet", "--no-cost"]) == 2
+    assert "unknown option 'alpha' for channel_scaling" in capsys.readouterr().err
+    assert not (runs / "bad").exists() and not (runs / ".bad.partial").exists()
+    assert main(["train", "pneumoniamnist-vgg", "--data", str(shared_data), "--output", str(runs), "--name", "x",
+                 "--pretrained", str(tmp_path / "nothing.pth"), *small]) == 2
+    assert "pretrained weights not found" in capsys.readouterr().err

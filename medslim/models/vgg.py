@@ -28,7 +28,9 @@ class VGGClassifier(nn.Module):
         num_classes: output logits.
         config: widths with "M" for a max-pool (default VGG16).
         width: multiplier applied to every width (0.25 gives a quarter-width VGG).
-        hidden: width of the two hidden layers of the head.
+        hidden: width of the two hidden layers of the head; 0 gives a single
+            linear layer on the pooled features (global pool -> dense), the
+            usual head for transfer learning.
         dropout: dropout in the head.
 
     Example::
@@ -65,11 +67,16 @@ class VGGClassifier(nn.Module):
             raise ConfigError("VGG config has no convolution")
         self.features = nn.Sequential(*feats)
         self.avgpool = getattr(nn, f"AdaptiveAvgPool{spatial_dims}d")(1)
-        self.classifier = nn.Sequential(
-            nn.Linear(prev, hidden), nn.ReLU(), nn.Dropout(dropout),
-            nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout),
-            nn.Linear(hidden, num_classes),
-        )
+        if hidden < 0:
+            raise ConfigError(f"VGG hidden must be 0 (a linear head) or positive, got {hidden}")
+        if hidden == 0:
+            self.classifier = nn.Sequential(nn.Linear(prev, num_classes))
+        else:
+            self.classifier = nn.Sequential(
+                nn.Linear(prev, hidden), nn.ReLU(), nn.Dropout(dropout),
+                nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout),
+                nn.Linear(hidden, num_classes),
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.avgpool(self.features(x))

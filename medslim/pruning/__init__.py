@@ -2,10 +2,12 @@
 
 Three ideas, three places: ``graph`` (``DependencyGraph``: which channels must
 go together), ``criteria`` (how important each channel is), ``pruner``
-(``prune``: how many go, where and when). ``surgery`` removes channels
+(``prune``: how many go, where and when). ``channel_scaling`` selects channels
+of a frozen pretrained classifier by trained scales, in rounds. ``surgery`` removes channels
 (``prune_channels``) or zeroes them with the same result (``mask_channels``).
 """
 
+from medslim.pruning.channel_scaling import channel_scaling
 from medslim.pruning.graph import (ChannelGroup, Consumer, DependencyGraph, Norm, Producer,
                                    PruningError, Site)
 from medslim.pruning.pruner import PruneReport, prune
@@ -33,6 +35,6 @@ def training_pruner(method: str, example_input, **options):
     return cls(example_input, **options)
 
 
-__all__ = ["ChannelGroup", "Consumer", "DependencyGraph", "MaskHandle", "Norm", "Producer",
+__all__ = ["ChannelGroup", "channel_scaling", "Consumer", "DependencyGraph", "MaskHandle", "Norm", "Producer",
            "PruneReport", "PruningError", "Sauron", "Site", "TRAINING_METHODS", "mask_channels",
            "prune", "prune_channels", "training_pruner"]

@@ -51,6 +51,7 @@ class PruneReport:
     scope: str
     widths: dict[str, list[int]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    rounds: list[dict[str, Any]] = field(default_factory=list)  # methods that train in rounds
 
     @property
     def flops_ratio(self) -> float:
@@ -65,7 +66,8 @@ class PruneReport:
                 "flops_before": self.flops_before, "flops_after": self.flops_after,
                 "flops_ratio": self.flops_ratio, "params_before": self.params_before,
                 "params_after": self.params_after, "params_ratio": self.params_ratio,
-                "widths": self.widths, "notes": self.notes}
+                "widths": self.widths, "notes": self.notes,
+                **({"rounds": self.rounds} if self.rounds else {})}
 
 
 def prune(model: nn.Module, example_input, method: str = "l1", flops_ratio: float | None = None,
@@ -122,8 +124,11 @@ def prune(model: nn.Module, example_input, method: str = "l1", flops_ratio: floa
     if stop_when is not None and inplace:
         raise ConfigError("stop_when undoes a step on a copy: it cannot be used with inplace=True")
     uniform = method == "uniform"
+    if method == "channel_scaling":
+        raise ConfigError("channel_scaling trains while it prunes: call medslim.pruning.channel_scaling"
+                          "(model, example_input, train=...) or `medslim prune RUN --method channel_scaling`")
     if not uniform and method not in CRITERIA:
-        raise unknown_name("pruning method", method, [*CRITERIA, "uniform"])
+        raise unknown_name("pruning method", method, [*CRITERIA, "uniform", "channel_scaling"])
     criterion = None if uniform else get_criterion(method, **criterion_options)
     if criterion is not None and criterion.needs_data and data is None:
         raise ConfigError(f"pruning method {method!r} needs data: pass data=<batches>")

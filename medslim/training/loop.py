@@ -152,6 +152,7 @@ def _train_epoch(model, data, loss_fn, optimizer, cfg, epoch, progress, hook: Tr
     torch.manual_seed(epoch_seed)
     loader = make_loader(data.train, tcfg, epoch_seed)
     model.train()
+    keep_frozen_norms_fixed(model)
     total, count = 0.0, 0
     steps = tcfg["iterations_per_epoch"] or len(loader)
     batches = iter(loader)
@@ -178,6 +179,21 @@ def _train_epoch(model, data, loss_fn, optimizer, cfg, epoch, progress, hook: Tr
             progress({"event": "step", "epoch": epoch + 1, "step": step + 1, "steps": steps,
                       "loss": total / count})
     return total / max(count, 1)
+
+
+def keep_frozen_norms_fixed(model: nn.Module) -> None:
+    """Norms whose parameters are all frozen run in eval mode: a frozen backbone keeps its statistics.
+
+    Otherwise ``model.train()`` would let batch norm overwrite the pretrained
+    running statistics with those of the new data, changing a network that is
+    meant to stay as it was.
+    """
+    from torch.nn.modules.batchnorm import _NormBase
+
+    for module in model.modules():
+        params = list(module.parameters(recurse=False))
+        if isinstance(module, _NormBase) and params and not any(p.requires_grad for p in params):
+            module.eval()
 
 
 def make_loader(dataset, tcfg: dict, seed: int):

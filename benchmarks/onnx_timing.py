@@ -1,0 +1,43 @@
+"""ONNX Runtime latency of several saved models, timed in turns (shared by the benchmark scripts).
+
+The machine is shared and noisy: timing each model in a block would hand one
+model a quiet minute and another a busy one. Here every model runs once per
+round, round after round, so load on the machine hits all alike, and the
+median of each model's times is what the benchmarks report.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+
+def time_in_turns(models: dict[str, Path], repeats: int, warmup: int = 5) -> dict[str, float]:
+    """Median seconds per batch-1 call, 1 thread, of each run folder's model in ONNX Runtime."""
+    import numpy as np
+    import torch
+
+    from medslim.artifacts import load
+    from medslim.cost import export_onnx
+    from medslim.cost.latency import ort_feeds, ort_session
+
+    times: dict[str, list[float]] = {k: [] for k in models}
+    with tempfile.TemporaryDirectory() as tmp:
+        sessions = {}
+        for key, run in models.items():
+            model = load(run)
+            example = torch.randn(*model.medslim_manifest["extra"]["input_shape"])
+            file = Path(tmp) / f"{key}.onnx"
+            export_onnx(model, example, file)  # checked against PyTorch
+            session = ort_session(file, threads=1)
+            feeds = ort_feeds(session, example)
+            for _ in range(warmup):
+                session.run(None, feeds)
+            sessions[key] = (session, feeds)
+        for _ in range(repeats):
+            for key, (session, feeds) in sessions.items():
+                start = time.perf_counter()
+                session.run(None, feeds)
+                times[key].append(time.perf_counter() - start)
+    return {k: float(np.median(v)) for k, v in times.items()}

@@ -306,15 +306,12 @@ def select_by_scaling(model, example, data, cfg: dict, work: Path, params_ratio:
     threshold within a round; docs/channel_scaling.md); the other options
     (``lam``, ``threshold``, ``rounds``, ``settle``) go to the method.
     """
-    import inspect
-
     from medslim.progress import training_progress
     from medslim.pruning import channel_scaling
     from medslim.training.loop import fit
 
     opts = {**CS_DEFAULTS, **(options or {})}
-    allowed = [*CS_DEFAULTS, *(p for p in inspect.signature(channel_scaling).parameters
-                               if p in ("lam", "threshold", "rounds", "settle"))]
+    allowed = [*CS_DEFAULTS, "lam", "threshold", "rounds", "settle"]
     unknown = sorted(set(opts) - set(allowed))
     if unknown:
         raise ConfigError(f"unknown option {unknown[0]!r} for channel_scaling; allowed: {', '.join(allowed)}")

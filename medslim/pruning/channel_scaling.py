@@ -261,6 +261,7 @@ def _select(model, graph, example_input, gates, values, threshold, params_cap) -
         if dropped[group.id][2] > 0:
             heapq.heappush(heap, (float(v[order[0]]), group.id, group.divisor))
     groups = {g.id: g for g, _ in gates}
+    value_of = {g.id: v for (g, _), v in zip(gates, values)}
     while heap and (cost is None or cost.total_params() > params_cap):
         _, gid, unit = heapq.heappop(heap)
         order, n, limit = dropped[gid]
@@ -269,8 +270,7 @@ def _select(model, graph, example_input, gates, values, threshold, params_cap) -
         if cost is not None:
             cost.drop(gid, unit)
         if n + groups[gid].divisor <= limit:
-            v = values[[g.id for g, _ in gates].index(gid)]
-            heapq.heappush(heap, (float(v[order[n]]), gid, groups[gid].divisor))
+            heapq.heappush(heap, (float(value_of[gid][order[n]]), gid, groups[gid].divisor))
     return {gid: torch.sort(order[n:]).values for gid, (order, n, _) in dropped.items() if n}
 
 

@@ -19,6 +19,8 @@ EXAMPLES = {
                 "medslim prune runs/head --method channel_scaling --params-ratio 0.05",
     "sshn": "medslim sshn train kvasir-sshn --name hyper; medslim sshn sweep runs/hyper; "
             "medslim sshn export runs/hyper --phi 0.3",
+    "compare": "medslim compare kvasir-methods --data ../shared/data   (or your own compare YAML)",
+    "report": "medslim report runs/kvasir-methods   |   medslim report runs/a runs/b --output my-report",
     "data": "medslim data list   |   medslim data fetch hippocampus",
     "demo": "medslim demo",
 }
@@ -119,6 +121,22 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--output", help="folder for the new run (default: beside RUN)")
     q.add_argument("--overwrite", action="store_true")
     q.add_argument("--data", help="dataset folder, if it moved since training")
+
+    p = _sub(sub, "compare", "make and measure many models of one dataset (a compare YAML); "
+                             "table, Pareto fronts and report")
+    p.add_argument("config", help="compare YAML file, or a built-in: kvasir-methods, kvasir-demo")
+    p.add_argument("-o", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a value of the compare config, e.g. -o output=/tmp/runs "
+                        "-o measure.threads=2")
+    p.add_argument("--data", help="dataset folder, or a folder that contains it")
+    p.add_argument("--no-report", action="store_true", help="the table only, no plots or HTML")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+
+    p = _sub(sub, "report", "plots and a self-contained HTML report from comparison or run folders")
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN",
+                   help="comparison folders (medslim compare) or finished run folders, of one dataset")
+    p.add_argument("--output", type=Path,
+                   help="folder for the report (default for one comparison: its report/ folder)")
 
     p = _sub(sub, "data", "list known datasets or download one")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
@@ -305,6 +323,44 @@ def _print_sweep(report: dict) -> None:
               f"{'yes' if r['in_range'] else 'NO'}")
 
 
+def cmd_compare(args) -> int:
+    from medslim.compare import read_table, run_compare
+    from medslim.report import report_comparison
+
+    folder = run_compare(args.config, args.overrides, args.data, progress=not args.quiet)
+    _print_compare(read_table(folder))
+    print(f"table: {folder / 'table.csv'}")
+    if not args.no_report:
+        print(f"report: {report_comparison(folder)}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from medslim.compare import read_table
+    from medslim.report import report_paths
+
+    folder = report_paths(args.runs, args.output)
+    _print_compare(read_table(folder))
+    print(f"report: {folder / 'report.html'}")
+    return 0
+
+
+def _print_compare(table: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    metric = table["metric"]
+    out = Table(title=f"{table['name']} on {table['dataset']} (* on the Pareto front against FLOPs / ORT latency)")
+    for col in ("model", "method", metric, "params", "GFLOPs", "torch ms", "ORT ms", "front"):
+        out.add_column(col, justify="left" if col in ("model", "method") else "right", no_wrap=True)
+    for r in table["rows"]:
+        ort = r.get("ort_ms")
+        out.add_row(r["label"], r["method"], f"{r[metric]:.4f}", f"{r['params']:,}", f"{r['flops'] / 1e9:.3f}",
+                    f"{r['torch_ms']:.2f}", "n/a" if ort is None else f"{ort:.2f}",
+                    ("*" if r.get("front_flops") else "-") + " / " + ("*" if r.get("front_ort_ms") else "-"))
+    Console(width=max(120, Console().width)).print(out)
+
+
 def cmd_data(args) -> int:
     if args.data_command == "list":
         from medslim.data.locate import list_datasets
@@ -328,7 +384,7 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "cost": cmd_cost, "export": cmd_export,
-            "prune": cmd_prune, "sshn": cmd_sshn,
+            "prune": cmd_prune, "sshn": cmd_sshn, "compare": cmd_compare, "report": cmd_report,
             "data": cmd_data, "demo": cmd_demo}
 
 

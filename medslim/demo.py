@@ -1,7 +1,9 @@
 """``medslim demo``: the whole path on real data in a few minutes.
 
-Find Kvasir-SEG, train the small reference U-Net at 128x128, evaluate it on
-the held-out test images, and measure its cost, then say where everything is.
+Find Kvasir-SEG, train the small reference U-Net at 128x128, prune it twice
+(half and a quarter of its FLOPs kept, one fine-tuning epoch each), evaluate
+every model on the held-out test images, measure their cost, and end with the
+comparison report (built-in compare config ``kvasir-demo``).
 """
 
 from __future__ import annotations
@@ -12,36 +14,43 @@ from pathlib import Path
 
 
 def run_demo(data: str | None = None, output: str = "runs", epochs: int | None = None) -> Path:
-    from medslim.config import load_config
-    from medslim.jobs import cost_run, train_run
+    from medslim.compare import read_table, run_compare
+    from medslim.report import report_comparison
 
     overrides = [f"output={output}", f"name=demo-{time.strftime('%Y%m%d-%H%M%S')}"]
     if epochs:
-        overrides.append(f"train.epochs={epochs}")
-    cfg = load_config("kvasir-demo", overrides)
+        overrides.append(f"base.overrides=[train.epochs={epochs}]")
     start = time.perf_counter()
-    print(f"medslim demo: training a U-Net on Kvasir-SEG at 128x128 for {cfg['train']['epochs']} epochs")
-    run = train_run(cfg, data_path=data)
-    print("medslim demo: measuring parameters, FLOPs and latency (PyTorch and ONNX Runtime)")
-    cost = cost_run(run, threads=cfg["cost"]["threads"], repeats=cfg["cost"]["repeats"])
-    results = json.loads((run / "results.json").read_text())
-    print(summary(results, cost, run, time.perf_counter() - start))
-    return run
+    print("medslim demo: a U-Net on Kvasir-SEG at 128x128, two pruned versions of it, and the report")
+    folder = run_compare("kvasir-demo", overrides, data)
+    report_comparison(folder)
+    table = read_table(folder)
+    base = folder / "runs" / "base"
+    results = json.loads((base / "results.json").read_text())
+    cost = json.loads((folder / "costs" / "base.json").read_text())["cost"]
+    print(summary(results, cost, table, folder, time.perf_counter() - start))
+    return folder
 
 
-def summary(results: dict, cost: dict, run: Path, seconds: float) -> str:
+def summary(results: dict, cost: dict, table: dict, folder: Path, seconds: float) -> str:
     test = results["test"]
-    lines = [
+    shape = "x".join(map(str, cost["input_shape"]))
+    ort = f", ONNX Runtime {cost['ort_ms']:.1f} ms" if cost.get("ort_ms") is not None else ""
+    facts = [("base U-Net, test Dice (polyp)", f"{test['dice']:.4f} over {test['n_cases']} test images"),
+             ("test HD95 (pixels)", f"{test.get('hd95', float('nan')):.2f}"),
+             ("parameters", f"{cost['params']:,}"),
+             (f"FLOPs ({shape})", f"{cost['flops'] / 1e9:.3f} GFLOP"),
+             (f"latency, batch 1, {cost['threads']} thread", f"PyTorch {cost['torch_ms']:.1f} ms{ort}")]
+    lines = ["", "medslim demo: done in {:.0f} s".format(seconds)]
+    lines += [f"  {name:<32} {value}" for name, value in facts]
+    lines += [
         "",
-        "medslim demo: done in {:.0f} s".format(seconds),
-        f"  test Dice (polyp)      {test['dice']:.4f}   over {test['n_cases']} test images",
-        f"  test HD95 (pixels)     {test.get('hd95', float('nan')):.2f}",
-        f"  parameters             {cost['params']:,}",
-        f"  FLOPs (1x3x128x128)    {cost['flops'] / 1e9:.3f} GFLOP  ({cost['macs'] / 1e9:.3f} GMAC)",
+        "  model            Dice    GFLOPs  ORT ms  front",
     ]
-    for key, label in (("torch_latency", "PyTorch"), ("onnx_latency", "ONNX Runtime")):
-        for threads, lat in (cost.get(key) or {}).items():
-            lines.append(f"  latency {label:13s}  {lat['median_ms']:.1f} ms median, "
-                         f"{lat['p90_ms']:.1f} ms p90 ({threads} thread{'s' if str(threads) != '1' else ''})")
-    lines.append(f"  run folder             {run}")
+    for r in table["rows"]:
+        ort = "n/a" if r.get("ort_ms") is None else f"{r['ort_ms']:.1f}"
+        lines.append(f"  {r['label']:15s}  {r['dice']:.4f}  {r['flops'] / 1e9:6.3f}  {ort:>6}  "
+                     f"{'yes' if r.get('front_flops') else ''}")
+    lines += ["", f"  report     {folder / 'report' / 'report.html'}",
+              f"  table      {folder / 'table.csv'}", f"  models     {folder / 'runs'}"]
     return "\n".join(lines)

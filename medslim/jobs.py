@@ -295,6 +295,7 @@ def prune_run(run: Path, method: str, flops_ratio: float | None = None, params_r
 
 
 CS_DEFAULTS = {"epochs": 3, "lr": 1e-2}
+CS_OPTIONS = (*CS_DEFAULTS, "lam", "threshold", "rounds", "settle")
 
 
 def select_by_scaling(model, example, data, cfg: dict, work: Path, params_ratio: float | None,
@@ -311,10 +312,9 @@ def select_by_scaling(model, example, data, cfg: dict, work: Path, params_ratio:
     from medslim.training.loop import fit
 
     opts = {**CS_DEFAULTS, **(options or {})}
-    allowed = [*CS_DEFAULTS, "lam", "threshold", "rounds", "settle"]
-    unknown = sorted(set(opts) - set(allowed))
+    unknown = sorted(set(opts) - set(CS_OPTIONS))
     if unknown:
-        raise ConfigError(f"unknown option {unknown[0]!r} for channel_scaling; allowed: {', '.join(allowed)}")
+        raise ConfigError(f"unknown option {unknown[0]!r} for channel_scaling; allowed: {', '.join(CS_OPTIONS)}")
     epochs, rate = opts.pop("epochs"), opts.pop("lr")
     rate = rate if lr is None else lr  # --finetune-lr wins
     if not isinstance(epochs, int) or epochs < 1:

@@ -56,3 +56,61 @@ def _rich_progress(label: str):
                             + (f" val {score:.4f}" if score is not None else ""))
 
     return callback, bar.stop
+
+
+class StageProgress:
+    """Progress through the stages of a long command (``medslim compare``): the method, the step, time left.
+
+    One line per stage start and per step on stderr, with the time spent and,
+    once a stage that did real work has finished, an estimate of the time left
+    (seconds per working stage so far times the stages to come). Trainings
+    inside a stage add their own per-epoch lines with their own time left.
+    """
+
+    def __init__(self, name: str, total: int, enabled: bool = True, stream=None,
+                 clock: Callable[[], float] = time.perf_counter):
+        self.name, self.total, self.enabled = name, total, enabled
+        self.stream, self.clock = stream or sys.stderr, clock
+        self.start = clock()
+        self.index, self.label = 0, ""
+        self.stage_start = self.start
+        self.worked: list[float] = []  # seconds of stages that took more than a moment
+
+    def begin(self, index: int, label: str, what: str) -> None:
+        self.index, self.label, self.stage_start = index, label, self.clock()
+        self._say(what)
+
+    def step(self, what: str) -> None:
+        self._say(what)
+
+    def end(self) -> None:
+        seconds = self.clock() - self.stage_start
+        if seconds > 1.0:  # a stage whose models were already made says nothing about the rest
+            self.worked.append(seconds)
+
+    def close(self) -> None:
+        self._print(f"[{self.name}] done in {_duration(self.clock() - self.start)}")
+
+    def time_left(self) -> float | None:
+        if not self.worked:
+            return None
+        return sum(self.worked) / len(self.worked) * max(0, self.total - self.index + 1)
+
+    def _say(self, what: str) -> None:
+        left = self.time_left()
+        eta = f", ~{_duration(left)} left" if left is not None else ""
+        self._print(f"[{self.name} {self.index}/{self.total}] {self.label}: {what} "
+                    f"({_duration(self.clock() - self.start)} so far{eta})")
+
+    def _print(self, text: str) -> None:
+        if self.enabled:
+            print(text, file=self.stream, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

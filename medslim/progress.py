@@ -62,19 +62,21 @@ class StageProgress:
     """Progress through the stages of a long command (``medslim compare``): the method, the step, time left.
 
     One line per stage start and per step on stderr, with the time spent and,
-    once a stage that did real work has finished, an estimate of the time left
-    (seconds per working stage so far times the stages to come). Trainings
-    inside a stage add their own per-epoch lines with their own time left.
+    once a stage that did real work has finished, an estimate of the time left.
+    Each stage comes with its expected work in any unit (``medslim compare``
+    counts training epochs at the base's size); the estimate is the seconds
+    per unit of the finished working stages times the units still to come.
+    Trainings inside a stage add their own per-epoch lines with their own time left.
     """
 
-    def __init__(self, name: str, total: int, enabled: bool = True, stream=None,
+    def __init__(self, name: str, work: list[float], enabled: bool = True, stream=None,
                  clock: Callable[[], float] = time.perf_counter):
-        self.name, self.total, self.enabled = name, total, enabled
+        self.name, self.work, self.total, self.enabled = name, list(work), len(work), enabled
         self.stream, self.clock = stream or sys.stderr, clock
         self.start = clock()
         self.index, self.label = 0, ""
         self.stage_start = self.start
-        self.worked: list[float] = []  # seconds of stages that took more than a moment
+        self.done: list[tuple[float, float]] = []  # (seconds, work) of stages that did real work
 
     def begin(self, index: int, label: str, what: str) -> None:
         self.index, self.label, self.stage_start = index, label, self.clock()
@@ -85,16 +87,19 @@ class StageProgress:
 
     def end(self) -> None:
         seconds = self.clock() - self.stage_start
-        if seconds > 1.0:  # a stage whose models were already made says nothing about the rest
-            self.worked.append(seconds)
+        work = self.work[self.index - 1]
+        if seconds > 1.0 and work > 0:  # a stage whose models were already made says nothing about the rest
+            self.done.append((seconds, work))
 
     def close(self) -> None:
         self._print(f"[{self.name}] done in {_duration(self.clock() - self.start)}")
 
     def time_left(self) -> float | None:
-        if not self.worked:
+        if not self.done:
             return None
-        return sum(self.worked) / len(self.worked) * max(0, self.total - self.index + 1)
+        rate = sum(s for s, _ in self.done) / sum(w for _, w in self.done)
+        spent = self.clock() - self.stage_start  # of the current stage, which counts whole
+        return max(0.0, rate * sum(self.work[self.index - 1:]) - spent)
 
     def _say(self, what: str) -> None:
         left = self.time_left()

@@ -227,3 +227,29 @@ def test_a_classifier_comparison_with_channel_scaling(tmp_path, shared_data):
 
     text = report_comparison(folder).read_text()
     assert "auc-vs-flops.png" in text and "Per class" not in text
+
+
+def test_expected_work_counts_epochs_at_the_base_size(finished, shared_data):
+    from medslim.compare import expected_work
+
+    config, _ = finished
+    work = expected_work(make_plan(config, data_path=str(shared_data)))
+    # base 1 epoch; l1 and uniform 1 fine-tuning epoch + pruning; sauron 1; sshn 1 + 2 exports;
+    # lowres 16/32 px: a quarter of the pixels; then 7 models to measure
+    assert work == pytest.approx([1, 1.2, 1.2, 1, 1.1, 0.25, 0.35])
+
+
+def test_a_3d_comparison_reports_each_class(tmp_path, shared_data):
+    base = {"config": "hippocampus-unet",
+            "overrides": {"data.limit": 8, "data.size": [24, 32, 24], "model.channels": [4, 8, 16],
+                          "train.epochs": 1, "train.batch_size": 2}}
+    config = write_config(tmp_path, [{"method": "taylor_gn", "flops_ratio": 0.5}], base=base)
+    folder = run_compare(config, data_path=str(shared_data), progress=False)
+    rows = read_table(folder)["rows"]
+    assert [r["label"] for r in rows] == ["base", "taylor_gn-f0.5"]
+    assert set(rows[1]["dice_per_class"]) == {"Anterior", "Posterior"}
+    assert rows[1]["flops"] < rows[0]["flops"]
+    from medslim.report import report_comparison
+
+    text = report_comparison(folder).read_text()
+    assert "Dice Anterior" in text and "Dice Posterior" in text

@@ -498,17 +498,18 @@ def _check_resumable(plan: Plan) -> None:
         raise ConfigError(f"{plan.folder} holds a comparison on {old.get('dataset')!r}, not {plan.dataset!r}; "
                           "choose another name")
     new = plan.to_dict()
+    made = {p.name.strip(".").removesuffix(".partial") for p in plan.runs.iterdir()} if plan.runs.is_dir() else set()
     changed = []
-    if old.get("base") != new["base"] and (plan.runs / "base").exists():
-        changed.append("base")
+    if old.get("base") != new["base"] and made:
+        changed.append("base")  # every other model derives from it or shares its data
     for label, settings in new["methods"].items():
         if label in old.get("methods", {}) and old["methods"][label] != settings:
-            if any(p.name == label or p.name.startswith(label + "-phi") for p in plan.runs.glob(f"{label}*")):
+            if any(name == label or name.startswith(label + "-phi") for name in made):
                 changed.append(label)
     if changed:
-        raise ConfigError(f"{plan.folder}: {', '.join(changed)} were made with other settings "
+        raise ConfigError(f"{plan.folder}: {', '.join(changed)} made with other settings "
                           f"(see {old_file}); give the changed methods new labels, or remove "
-                          f"{plan.runs / changed[0]} to make it again")
+                          f"{plan.runs / changed[0] if changed[0] != 'base' else plan.folder} to make it again")
 
 
 def _what(entry: Entry) -> str:

@@ -102,7 +102,12 @@ def test_a_label_whose_settings_changed_is_refused(finished, shared_data, tmp_pa
     cfg["methods"][0]["label"] = "l1-f0.5"
     changed = tmp_path / "changed.yaml"
     changed.write_text(yaml.safe_dump(cfg))
-    with pytest.raises(ConfigError, match="l1-f0.5 were made with other settings"):
+    with pytest.raises(ConfigError, match="l1-f0.5 made with other settings"):
+        run_compare(changed, data_path=str(shared_data), progress=False)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["base"]["overrides"]["train.epochs"] = 2
+    changed.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match="base made with other settings"):
         run_compare(changed, data_path=str(shared_data), progress=False)
 
 
@@ -253,3 +258,18 @@ def test_a_3d_comparison_reports_each_class(tmp_path, shared_data):
 
     text = report_comparison(folder).read_text()
     assert "Dice Anterior" in text and "Dice Posterior" in text
+
+
+def test_report_takes_run_folders_and_measures_them_once(finished, tmp_path):
+    from medslim.report import report_paths
+
+    _, folder = finished
+    runs = [folder / "runs" / "base", folder / "runs" / "l1-f0.5"]
+    out = report_paths(runs, tmp_path / "r")
+    table = json.loads((out / "table.json").read_text())
+    assert [r["label"] for r in table["rows"]] == ["base", "l1-f0.5"]
+    assert table["rows"][1]["method"] == "l1" and table["rows"][1]["ort_ms"] > 0
+    cached = sorted(p.name for p in (out / "costs").iterdir())
+    assert cached == ["base.json", "l1-f0.5.json"]
+    report_paths(runs, tmp_path / "r")  # again: the costs are reused, the report replaced
+    assert (tmp_path / "r" / "report.html").exists()

@@ -97,7 +97,6 @@ class Entry:
 class Plan:
     name: str
     folder: Path
-    source: str  # the config file (or built-in name) it came from
     base: Entry
     entries: list[Entry]
     measure: dict
@@ -162,7 +161,7 @@ def make_plan(source: str | Path, overrides: list[str] = (), data_path: str | No
     twice = sorted({x for x in labels if labels.count(x) > 1})
     if twice:
         raise ConfigError(f"{path}: label {twice[0]!r} is used twice; give each method a unique 'label'")
-    return Plan(name, folder, str(source), base, entries, measure, dataset, classification)
+    return Plan(name, folder, base, entries, measure, dataset, classification)
 
 
 def _only(mapping: Any, allowed: tuple[str, ...], what: str, where: str = "") -> None:
@@ -399,7 +398,7 @@ def _check_sshn(entry: Entry, raw: dict, base: Entry, classification: bool, wher
 
 
 def _check_import(entry: Entry, raw: dict, base: Entry, classification: bool, where: str) -> None:
-    pass
+    """Nothing beyond the common checks: the imported run is checked against the base when collected."""
 
 
 CHECKS: dict[str, Callable] = {"prune": _check_prune, "sauron": _check_sauron, "lowres": _check_lowres,

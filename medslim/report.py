@@ -73,7 +73,7 @@ def _check_output(output: Path) -> None:
 
 
 def merge(paths: list[Path], output: Path) -> dict:
-    """One table from comparison folders and run folders; refuses a mix of datasets or splits."""
+    """One table from comparison folders and run folders; refuses a mix of datasets, splits or timings."""
     rows, first = [], None
     for path in paths:
         if (path / "table.json").exists():
@@ -82,10 +82,10 @@ def merge(paths: list[Path], output: Path) -> dict:
             if len(paths) > 1:
                 for r in part:
                     r["label"] = f"{table['name']}/{r['label']}"
-            key = (table["dataset"], table["split_signature"], str(path / "table.json"))
+            key = (table["dataset"], table["split_signature"], str(path / "table.json"), table["measure"])
         else:
             part = [_run_row(path, output)]
-            key = (part[0].pop("_dataset"), split_signature(path), str(path))
+            key = (part[0].pop("_dataset"), split_signature(path), str(path), dict(MEASURE_DEFAULTS))
         if first is None:
             first = key
         elif key[0] != first[0]:
@@ -94,11 +94,12 @@ def merge(paths: list[Path], output: Path) -> dict:
         elif key[1] != first[1]:
             raise ConfigError(f"{key[2]} was tested on other {key[0]} cases than {first[2]} "
                               "(a different split): its numbers are not comparable")
+        elif key[3]["threads"] != first[3]["threads"] or key[3]["onnx"] != first[3]["onnx"]:
+            raise ConfigError(f"{key[2]} was timed with measure {key[3]} but {first[2]} with {first[3]}: "
+                              "latencies at other thread counts do not share a front")
         rows += part
-    measure = dict(MEASURE_DEFAULTS)
-    table = build_table(rows, first[0], first[1], measure, output.parent.name if output.name == "report"
-                        else output.name)
-    return table
+    return build_table(rows, first[0], first[1], first[3],
+                       output.parent.name if output.name == "report" else output.name)
 
 
 def _run_row(run: Path, output: Path) -> dict:

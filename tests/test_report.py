@@ -24,11 +24,11 @@ def _row(label, method, dice, flops, ort, small=None):
             "machine": {"cpu": "test CPU", "torch_version": "x", "onnxruntime_version": "y"}}
 
 
-def make_table(name="cmp", dataset="kvasir-seg", signature="s1") -> dict:
+def make_table(name="cmp", dataset="kvasir-seg", signature="s1", threads=1) -> dict:
     rows = [_row("base", "base", 0.80, 2e9, 10.0), _row("l1-f0.35", "l1", 0.76, 7e8, 6.0, small=0.50),
             _row("taylor-f0.35", "taylor_gn", 0.78, 7e8, 7.0), _row("random-f0.35", "random", 0.66, 7e8, 6.5),
             _row("sshn-phi0.2", "sshn", 0.59, 1e8, 2.0)]
-    return build_table(rows, dataset, signature, {"threads": 1, "repeats": 5}, name)
+    return build_table(rows, dataset, signature, {"threads": threads, "repeats": 5, "onnx": True}, name)
 
 
 def comparison_folder(path: Path, **kwargs) -> Path:
@@ -78,6 +78,9 @@ def test_report_merges_comparisons_of_one_dataset_and_refuses_mixtures(tmp_path)
     other_split = comparison_folder(tmp_path / "d", name="d", signature="s2")
     with pytest.raises(ConfigError, match="a different split"):
         report_paths([a, other_split], tmp_path / "mixed")
+    other_threads = comparison_folder(tmp_path / "e", name="e", threads=2)
+    with pytest.raises(ConfigError, match="do not share a front"):
+        report_paths([a, other_threads], tmp_path / "mixed")
     assert not (tmp_path / "mixed").exists()
 
 

@@ -444,12 +444,13 @@ def run_compare(source: str | Path, overrides: list[str] = (), data_path: str | 
         stages.end()
     stages.begin(len(plan.entries) + 2, "cost", f"measuring {len(made)} models, {plan.measure['threads']} "
                  f"thread(s), {plan.measure['repeats']} repeats")
+    signature = split_signature(base_run)
     rows = []
     for entry, run in made:
         stages.step(f"measuring {run.name}")
-        rows.append(collect_row(run, entry, plan, base_run))
+        rows.append(collect_row(run, entry, plan, base_run, signature))
     stages.end()
-    table = build_table(rows, plan.dataset, split_signature(base_run), plan.measure, plan.name)
+    table = build_table(rows, plan.dataset, signature, plan.measure, plan.name)
     write_table(table, plan.folder)
     stages.close()
     return plan.folder
@@ -604,9 +605,9 @@ def check_compatible(run: Path, dataset: str, signature: str) -> None:
                           "its numbers would not be comparable")
 
 
-def collect_row(run: Path, entry: Entry, plan: Plan, base_run: Path) -> dict:
+def collect_row(run: Path, entry: Entry, plan: Plan, base_run: Path, signature: str) -> dict:
     """One table row: the run's test quality and its cost, measured here once (cached)."""
-    check_compatible(run, plan.dataset, split_signature(base_run))
+    check_compatible(run, plan.dataset, signature)
     label = run.name if entry.kind == "sshn" else entry.label
     cost = measure_cost(run, plan.folder / "costs" / f"{label}.json", plan.measure)
     row = quality_of(run)

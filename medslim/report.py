@@ -17,7 +17,7 @@ from pathlib import Path
 
 from medslim import __version__
 from medslim._io import atomic_dir, atomic_path, write_text
-from medslim.compare import (COST_AXES, MEASURE_DEFAULTS, build_table, check_compatible, measure_cost,
+from medslim.compare import (COST_AXES, MEASURE_DEFAULTS, build_table, measure_cost,
                              quality_of, read_table, split_signature, write_table)
 from medslim.errors import ConfigError
 
@@ -107,7 +107,9 @@ def _run_row(run: Path, output: Path) -> dict:
         raise ConfigError(f"{run} is neither a comparison folder (table.json) nor a finished run "
                           "(results.json)")
     results = json.loads((run / "results.json").read_text())
-    check_compatible(run, results.get("dataset"), split_signature(run))
+    from medslim.artifacts import load_manifest
+
+    load_manifest(run)  # a readable medslim model; dataset and split are checked across inputs by merge
     row = quality_of(run)
     row.update(label=run.name, method=results.get("method", "trained"), kind="import", run=str(run),
                reproduce=f"see {run / 'config.yaml'}", _dataset=results.get("dataset"),

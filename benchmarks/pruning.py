@@ -216,6 +216,7 @@ def run_dataset(dataset: str, seed: int, args) -> tuple[list[dict], dict]:
     base = baseline_run(dataset, seed, args) if not args.report_only else \
         Path(args.runs) / f"baseline-{dataset}-s{seed}"
     runs: list[tuple[Path, str]] = [(base, "baseline")]
+    tags: dict[str, str] = {}  # run name -> the FLOPs level it was pruned to ("sauron" or a ratio)
     epochs: dict = {}
     sauron_ratio = None
     for method, lam in (("sauron", 0.5), ("sauron-lam0", 0.0)):
@@ -227,13 +228,16 @@ def run_dataset(dataset: str, seed: int, args) -> tuple[list[dict], dict]:
             epochs[method] = sauron_epochs(run)
             if method == "sauron":
                 sauron_ratio = json.loads((run / "results.json").read_text())["flops"] / _size(base)["flops"]
-    levels = [sauron_ratio] if sauron_ratio is not None else []
+    levels = {round(sauron_ratio, 3): "sauron"} if sauron_ratio is not None else {}
     for method in [m for m in (*POSTHOC, "uniform", *EXTERNAL) if m in args.methods]:
-        todo = levels + (list(args.levels) if method in args.level_methods else [])
-        for ratio in dict.fromkeys(round(r, 3) for r in todo):
+        todo = dict(levels)
+        for ratio in (args.levels if method in args.level_methods else []):
+            todo.setdefault(round(ratio, 3), f"{ratio:g}")
+        for ratio, level in todo.items():
             run = posthoc_run(base, method, ratio, args)
             if (run / "results.json").exists():
                 runs.append((run, method))
+                tags[run.name] = level
     if not args.skip_cost:
         measure((r for r, _ in runs), args.repeats)
     rows = [row(r, kind, base if kind not in ("baseline", "sauron", "sauron-lam0") else None)
@@ -244,6 +248,7 @@ def run_dataset(dataset: str, seed: int, args) -> tuple[list[dict], dict]:
                 r["step_times"] = sauron_step_times(run, args.threads)
     flops0 = rows[0]["flops"]
     for r in rows:
+        r["level"] = tags.get(r["run"], "1" if r["method"] == "baseline" else "sauron")
         r["flops_ratio"] = r["flops"] / flops0
         r["dice_drop_points"] = 100 * (rows[0]["dice"] - r["dice"])
     return rows, epochs
@@ -328,7 +333,50 @@ def print_table(dataset: str, rows: list[dict]) -> None:
               f"{(ort if ort is not None else float('nan')):9.2f} {r['train_seconds']:8.0f}")
 
 
-def plot(dataset: str, rows: list[dict], epochs: dict, folder: Path) -> list[str]:
+def summarise(rows: list[dict]) -> list[dict]:
+    """One entry per method and FLOPs level: mean and standard deviation over the seeds.
+
+    Post-hoc rows "at Sauron's FLOPs" are pooled across seeds even though
+    each seed's Sauron stopped at a slightly different ratio; the mean ratio
+    is reported with them.
+    """
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["level"]), []).append(r)
+    out = []
+    for (method, level), rs in groups.items():
+        def stats(key):
+            xs = [r[key] for r in rs]
+            return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+        dice, dice_sd = stats("dice")
+        drop, drop_sd = stats("dice_drop_points")
+        ort = [r["onnx_ms"]["1"] for r in rs if r.get("onnx_ms", {}).get("1") is not None]
+        out.append({"method": method, "level": level, "seeds": sorted(r["seed"] for r in rs),
+                    "dice_mean": round(dice, 4), "dice_sd": round(dice_sd, 4),
+                    "drop_mean": round(drop, 2), "drop_sd": round(drop_sd, 2),
+                    "flops_ratio_mean": round(stats("flops_ratio")[0], 4),
+                    "params_mean": round(stats("params")[0]),
+                    "onnx_ms_1t_median": round(statistics.median(ort), 2) if ort else None,
+                    "train_seconds_mean": round(stats("train_seconds")[0])})
+    level_flops = {}
+    for e in out:
+        level_flops[e["level"]] = max(level_flops.get(e["level"], 0.0), e["flops_ratio_mean"])
+    return sorted(out, key=lambda e: (-level_flops[e["level"]], -e["dice_mean"]))
+
+
+def print_summary(dataset: str, summary: list[dict]) -> None:
+    print(f"\n{dataset}: mean +- sd over seeds")
+    head = f"{'method':12s} {'level':>7s} {'seeds':>6s} {'Dice':>14s} {'drop':>12s} {'FLOPs%':>7s} {'params':>9s}"
+    print(head)
+    print("-" * len(head))
+    for e in summary:
+        print(f"{e['method']:12s} {e['level']:>7s} {len(e['seeds']):6d} "
+              f"{e['dice_mean']:7.3f} +-{e['dice_sd']:5.3f} {e['drop_mean']:5.1f} +-{e['drop_sd']:4.1f} "
+              f"{100 * e['flops_ratio_mean']:7.1f} {e['params_mean']:9d}")
+
+
+def plot(dataset: str, summary: list[dict], epochs: dict, folder: Path) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -336,12 +384,15 @@ def plot(dataset: str, rows: list[dict], epochs: dict, folder: Path) -> list[str
 
     written = []
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method in dict.fromkeys(r["method"] for r in rows):
-        pts = sorted((100 * r["flops_ratio"], r["dice"]) for r in rows if r["method"] == method)
-        ax.plot(*zip(*pts), marker="o", linestyle="-" if len(pts) > 1 else "", label=method)
+    for method in dict.fromkeys(e["method"] for e in summary):
+        pts = sorted((100 * e["flops_ratio_mean"], e["dice_mean"], e["dice_sd"])
+                     for e in summary if e["method"] == method)
+        x, y, sd = zip(*pts)
+        ax.errorbar(x, y, yerr=sd, marker="o", capsize=3, linestyle="-" if len(pts) > 1 else "",
+                    label=method)
     ax.set_xscale("log")
     ax.set_xlabel("FLOPs (% of the unpruned U-Net, log scale)")
-    ax.set_ylabel("test Dice")
+    ax.set_ylabel("test Dice (mean +- sd over seeds)")
     ax.set_title(f"{dataset}: Dice vs FLOPs")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
@@ -383,8 +434,10 @@ def main(argv=None) -> int:
             all_rows += rows
             all_epochs.update({f"{k}-s{seed}": v for k, v in epochs.items()})
         print_table(dataset, all_rows)
-        plots = plot(dataset, all_rows, all_epochs, out.parent)
-        report[dataset] = {"rows": all_rows, "sauron_epochs": all_epochs, "plots": plots,
+        summary = summarise(all_rows)
+        print_summary(dataset, summary)
+        plots = plot(dataset, summary, all_epochs, out.parent)
+        report[dataset] = {"rows": all_rows, "summary": summary, "sauron_epochs": all_epochs, "plots": plots,
                            "seeds": args.seeds, "finetune_epochs": args.finetune_epochs,
                            "sauron_patience": args.sauron_patience,
                            "sauron_plateau": args.sauron_plateau}

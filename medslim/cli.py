@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scope", choices=["global", "local"], default="global")
     p.add_argument("--max-fraction", type=float, default=0.9, help="the most one layer may lose")
     p.add_argument("--round-to", type=int, default=1, help="keep widths multiples of this")
+    p.add_argument("--keep", action="append", default=[], metavar="MODULE",
+                   help="a layer whose output channels are never pruned, by module path "
+                        "(e.g. decoder.3.3, the layer feeding a U-Net's head); repeatable")
     p.add_argument("--name", help="name of the new run (default: RUN-METHOD-fRATIO)")
     p.add_argument("--output", help="folder for the new run (default: beside RUN)")
     p.add_argument("--data", help="dataset folder, if it moved since training")
@@ -273,7 +276,7 @@ def cmd_prune(args) -> int:
                     args.finetune_lr, args.steps if args.schedule == "iterative" else 1, args.scope,
                     args.max_fraction, args.round_to, args.name, args.output, args.data, args.overwrite,
                     progress=not args.quiet, measure=not args.no_cost, dice_tolerance=args.dice_tolerance,
-                    options=options or None)
+                    options=options or None, keep=args.keep)
     results = json.loads((run / "results.json").read_text())
     _print_results({"flops_ratio": results["flops_ratio"], "params_ratio": results["params_ratio"],
                     **results["test"]}, f"pruned with {args.method} ({run})")

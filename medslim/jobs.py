@@ -7,10 +7,11 @@ results atomically, so a failure leaves earlier results untouched.
 from __future__ import annotations
 
 import copy
+import difflib
 import inspect
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from medslim._io import write_json, write_text
 from medslim.errors import ConfigError
@@ -204,7 +205,7 @@ def prune_run(run: Path, method: str, flops_ratio: float | None = None, params_r
               name: str | None = None, output: str | Path | None = None, data_path: str | None = None,
               overwrite: bool = False, progress: bool = True, measure: bool = True,
               dice_tolerance: float | None = None, options: dict | None = None,
-              external=None) -> Path:
+              external=None, keep: Sequence[str] = ()) -> Path:
     """Prune a trained run's model, optionally fine-tune it, and write a new run folder.
 
     The new folder holds the pruned model, its test metrics, the pruning
@@ -215,7 +216,8 @@ def prune_run(run: Path, method: str, flops_ratio: float | None = None, params_r
     fine-tuned validation score falls more than that below the unpruned one.
     ``external(model, example_input) -> model`` prunes with another tool in
     place of medslim's engine (the benchmarks compare Torch-Pruning this way);
-    ``method`` then only labels the run.
+    ``method`` then only labels the run. ``keep`` names layers (module paths)
+    whose output channels are never pruned.
     """
     import torch
 
@@ -228,6 +230,7 @@ def prune_run(run: Path, method: str, flops_ratio: float | None = None, params_r
 
     cfg = read_run_config(run)
     model = load(run)
+    _check_keep(model, keep, method, external, run)
     shape = model.medslim_manifest.get("extra", {}).get("input_shape")
     name = name or _pruned_name(run, method, flops_ratio, params_ratio, options)
     out = RunDir(output or run.parent, name)
@@ -267,7 +270,7 @@ def prune_run(run: Path, method: str, flops_ratio: float | None = None, params_r
             pruned = prune(model, torch.zeros(*shape), method=method, flops_ratio=flops_ratio,
                            params_ratio=params_ratio, data=loader, scope=scope, max_fraction=max_fraction,
                            round_to=round_to, steps=steps, finetune=finetune, stop_when=stop_when,
-                           **(options or {}))
+                           ignored=list(keep), **(options or {}))
             report = pruned.medslim_pruning.to_dict()
         else:
             pruned, report = _prune_externally(external, model, torch.zeros(*shape), method, finetune)
@@ -278,6 +281,7 @@ def prune_run(run: Path, method: str, flops_ratio: float | None = None, params_r
         save(pruned, work, extra={**model.medslim_manifest.get("extra", {}), "pruned_from": str(run)})
         write_json(work / "pruning.json", {**report, "source_run": str(run), "finetune_epochs": finetune_epochs,
                                           "finetune_lr": tune["train"]["lr"], "seconds": seconds,
+                                          "kept_layers": list(keep),
                                           "val_before_finetune": val_before_finetune})
         write_json(work / "results.json", {"dataset": cfg["data"]["dataset"], "source_run": str(run),
                                            "method": method, "test": test, "prune_seconds": seconds,
@@ -292,6 +296,20 @@ def prune_run(run: Path, method: str, flops_ratio: float | None = None, params_r
         shutil.rmtree(out.work, ignore_errors=True)  # pruning has no resume: leave nothing half-done
         raise
     return out.commit()
+
+
+def _check_keep(model, keep: Sequence[str], method: str, external, run: Path) -> None:
+    """Refuse --keep names that are not layers of the model, before any work starts."""
+    if not keep:
+        return
+    if method == "channel_scaling" or external is not None:
+        raise ConfigError(f"--keep applies to medslim's engine criteria, not to {method!r}")
+    names = {n for n, _ in model.named_modules()} - {""}
+    for path in keep:
+        if path not in names:
+            close = difflib.get_close_matches(path, sorted(names), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"--keep {path!r}: the model of {run} has no such module{hint}")
 
 
 CS_DEFAULTS = {"epochs": 3, "lr": 1e-2}

@@ -134,6 +134,17 @@ def test_prune_writes_a_smaller_run_that_loads_and_exports(tmp_path, shared_data
     assert main(["prune", str(runs / "base"), "--method", "l1", "--flops-ratio", "0.5",
                  "--dice-tolerance", "-0.5", "--name", "neg", "--quiet", "--no-cost"]) == 2
     assert "--dice-tolerance" in capsys.readouterr().err
+    # --keep: the named layer keeps every output channel; an unknown name is refused before any work
+    assert main(["prune", str(runs / "base"), "--method", "l1", "--flops-ratio", "0.5", "--keep", "decoder.0.3",
+                 "--name", "kept", "--quiet", "--no-cost"]) == 0
+    kept = load(runs / "kept")
+    assert kept.decoder[0][3].out_channels == load(runs / "base").decoder[0][3].out_channels
+    assert json.loads((runs / "kept" / "pruning.json").read_text())["kept_layers"] == ["decoder.0.3"]
+    assert main(["prune", str(runs / "base"), "--method", "l1", "--flops-ratio", "0.5", "--keep", "decoder.0.33",
+                 "--name", "typo", "--quiet", "--no-cost"]) == 2
+    err = capsys.readouterr().err
+    assert "--keep 'decoder.0.33'" in err and "decoder.0.3" in err
+    assert not (runs / "typo").exists() and not (runs / ".typo.partial").exists()
     # another tool's pruner (here our engine behind the external hook): the run loads from its weights alone
     from medslim import prune
     from medslim.jobs import prune_run

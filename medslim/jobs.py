@@ -7,7 +7,6 @@ results atomically, so a failure leaves earlier results untouched.
 from __future__ import annotations
 
 import copy
-import difflib
 import inspect
 import time
 from pathlib import Path
@@ -300,16 +299,15 @@ def prune_run(run: Path, method: str, flops_ratio: float | None = None, params_r
 
 def _check_keep(model, keep: Sequence[str], method: str, external, run: Path) -> None:
     """Refuse --keep names that are not layers of the model, before any work starts."""
-    if not keep:
-        return
-    if method == "channel_scaling" or external is not None:
+    from medslim.pruning.graph import PruningError, resolve_ignored
+
+    if keep and (method == "channel_scaling" or external is not None):
         raise ConfigError(f"--keep applies to medslim's engine criteria, not to {method!r}")
-    names = {n for n, _ in model.named_modules()} - {""}
     for path in keep:
-        if path not in names:
-            close = difflib.get_close_matches(path, sorted(names), n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise ConfigError(f"--keep {path!r}: the model of {run} has no such module{hint}")
+        try:
+            resolve_ignored(model, [path])
+        except PruningError as err:
+            raise ConfigError(f"--keep {path!r} ({run}): {err}") from None
 
 
 CS_DEFAULTS = {"epochs": 3, "lr": 1e-2}

@@ -44,6 +44,7 @@ pruned (noted). Weight sharing across modules is not supported.
 from __future__ import annotations
 
 import copy
+import difflib
 import math
 import operator
 import warnings
@@ -186,7 +187,7 @@ class DependencyGraph:
             raise PruningError(f"round_to must be a positive int, got {round_to!r}")
         self.model = model
         self.example_input = _as_inputs(example_input)
-        self.ignored = _ignored_paths(model, ignored)
+        self.ignored = resolve_ignored(model, ignored)
         self.round_to = int(round_to)
         self.groups: list[ChannelGroup] = []
         self.notes: list[str] = []
@@ -246,7 +247,8 @@ def _as_inputs(example_input: ExampleInput) -> tuple[torch.Tensor, ...]:
     return inputs
 
 
-def _ignored_paths(model: nn.Module, ignored: Iterable[Union[str, nn.Module]]) -> list[str]:
+def resolve_ignored(model: nn.Module, ignored: Iterable[Union[str, nn.Module]]) -> list[str]:
+    """Module paths of ``ignored`` (paths or module objects); PruningError for one not in the model."""
     names = {id(m): n for n, m in model.named_modules()}
     paths = []
     for item in ignored:
@@ -258,7 +260,9 @@ def _ignored_paths(model: nn.Module, ignored: Iterable[Union[str, nn.Module]]) -
             try:
                 model.get_submodule(item)
             except AttributeError:
-                raise PruningError(f"ignored module {item!r} is not in the model") from None
+                close = difflib.get_close_matches(item, sorted(names.values()), n=3)
+                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                raise PruningError(f"ignored module {item!r} is not in the model{hint}") from None
             paths.append(item)
     return paths
 

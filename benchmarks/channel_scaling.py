@@ -13,7 +13,9 @@ transfer setting from the shared data:
    the head starts fresh. Per seed:
 
    - ``full``: every weight fine-tuned;
-   - ``head``: the backbone frozen (batch-norm statistics too), the head trained;
+   - ``head``: the backbone frozen (batch-norm statistics too, or with
+     ``--head-norm-stats target`` re-estimated once on the target training
+     images), the head trained;
    - ``channel_scaling``: from the ``head`` run, rounds of scale training and
      removal until ``--params-ratio`` of the parameters remain;
    - ``slimming`` and ``l1``: the ``full`` model pruned by batch-norm scale
@@ -53,6 +55,9 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=10, help="target training of the full and head arms")
     p.add_argument("--lr", type=float, default=1e-3, help="target training rate (full, head)")
     p.add_argument("--params-ratio", type=float, default=0.05, help="channel scaling's target")
+    p.add_argument("--head-norm-stats", choices=["source", "target"], default="source",
+                   help="the frozen backbone's batch-norm statistics in the head and channel-scaling "
+                        "arms: the source task's, or re-estimated on the target training images (AdaBN)")
     p.add_argument("--lam", type=float, default=1e-3)
     p.add_argument("--threshold", type=float, default=0.05)
     p.add_argument("--rounds", type=int, default=10)
@@ -163,6 +168,8 @@ def target_run(args, arm: str, seed: int, source: Path, root: Path) -> Path:
     cfg = base_config(args, name, seed, dataset, args.epochs, args.lr)
     cfg["train"]["pretrained"] = str(source.absolute())
     cfg["train"]["freeze_backbone"] = arm == "head"
+    if arm == "head":
+        cfg["train"]["frozen_norm_stats"] = args.head_norm_stats
     print(f"training {name}", flush=True)
     return train_run(cfg, data_path=str(root / "pneumoniamnist"), progress=False)
 
@@ -310,7 +317,8 @@ def main(argv=None) -> int:
     report = {"width": args.width, "size": args.size, "seeds": args.seeds, "epochs": args.epochs,
               "source": json.loads(source.read_text())["test"] if source.exists() else None,
               "settings": {k: getattr(args, k) for k in ("source_epochs", "lr", "params_ratio", "lam", "threshold",
-                                                         "rounds", "round_epochs", "round_lr", "finetune_epochs")},
+                                                         "rounds", "round_epochs", "round_lr", "finetune_epochs",
+                                                         "head_norm_stats")},
               "summary": summary(rows), "targets": targets(rows), "rows": rows,
               "environment": environment(), "date": time.strftime("%Y-%m-%d"),
               "command": "python benchmarks/channel_scaling.py " + " ".join(sys.argv[1:])}

@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "state dict such as torchvision's vgg16_bn); the classifier head starts fresh")
     p.add_argument("--freeze-backbone", action="store_true",
                    help="train only the classifier head (with --pretrained: transfer learning)")
+    p.add_argument("--target-norm-stats", action="store_true",
+                   help="with --freeze-backbone: re-estimate the frozen batch-norm statistics on the "
+                        "training images once before training (AdaBN); no weight changes")
     p.add_argument("--head", choices=["jnet", "bilinear"],
                    help="how --input-size logits reach --output-size (default jnet: a learned "
                         "head, 87 parameters per class at 8x)")
@@ -204,6 +207,8 @@ def cmd_train(args, train=None) -> int:
         cfg["train"]["pretrained"] = str(Path(args.pretrained).absolute())
     if getattr(args, "freeze_backbone", False):
         cfg["train"]["freeze_backbone"] = True
+    if getattr(args, "target_norm_stats", False):
+        cfg["train"]["frozen_norm_stats"] = "target"
     cfg = _low_resolution(cfg, args)
     if args.name:
         cfg["name"] = args.name

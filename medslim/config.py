@@ -43,6 +43,10 @@ DEFAULTS: dict[str, Any] = {
         # fresh), and whether only the head trains
         "pretrained": None,
         "freeze_backbone": False,
+        # the running statistics of a frozen backbone's batch norms: "source"
+        # keeps the pretrained ones; "target" re-estimates them once on the
+        # training split before training (AdaBN), no weight changes
+        "frozen_norm_stats": "source",
     },
     "eval": {
         "overlap": 0.25,
@@ -63,6 +67,7 @@ CHOICES = {
     ("train", "lr_schedule"): ("poly", "constant", "cosine"),
     ("train", "loss"): ("auto", "dice_ce", "dice", "ce"),
     ("train", "keep"): ("best", "last"),
+    ("train", "frozen_norm_stats"): ("source", "target"),
 }
 
 

@@ -74,7 +74,7 @@ def train_run(cfg: dict, data_path: str | None = None, resume: bool = False,
         write_config(work / "config.yaml", cfg)
         seed_everything(cfg["seed"], cfg["train"]["deterministic"])  # initial weights too
         model = build_model(fill_model_spec(cfg["model"], data.info))
-        transfer = start_from_pretrained(model, cfg["train"])
+        transfer = start_from_pretrained(model, cfg, data.train, fresh=not resume)
         result = fit(model, data, cfg, work, resume=resume, progress=callback,
                      hook=training_hook(cfg, data.info))
         close()
@@ -97,17 +97,29 @@ def train_run(cfg: dict, data_path: str | None = None, resume: bool = False,
     return run.commit()
 
 
-def start_from_pretrained(model, tcfg: dict) -> dict:
-    """Load ``train.pretrained`` (all but the head) and freeze the backbone if asked."""
-    from medslim.pretrained import freeze_backbone, load_pretrained
+def start_from_pretrained(model, cfg: dict, train_data, fresh: bool = True) -> dict:
+    """Load ``train.pretrained`` (all but the head), freeze the backbone if asked.
 
+    With ``train.frozen_norm_stats: target`` the frozen norms' running
+    statistics are then re-estimated on ``train_data``; a resumed run
+    (``fresh=False``) already has them in its checkpoint.
+    """
+    from medslim.pretrained import freeze_backbone, load_pretrained
+    from medslim.training.loop import reestimate_frozen_norm_stats
+
+    tcfg = cfg["train"]
     out = {}
+    if tcfg.get("frozen_norm_stats", "source") == "target" and not tcfg.get("freeze_backbone"):
+        raise ConfigError("train.frozen_norm_stats=target (--target-norm-stats) needs a frozen "
+                          "backbone (--freeze-backbone); a trained backbone learns its own statistics")
     if tcfg.get("pretrained"):
         out["pretrained"] = load_pretrained(model, tcfg["pretrained"])
     if tcfg.get("freeze_backbone"):
         trainable = freeze_backbone(model)
         out["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
         out["trainable"] = trainable
+    if tcfg.get("frozen_norm_stats", "source") == "target" and fresh:
+        out["norms_reestimated"] = reestimate_frozen_norm_stats(model, train_data, tcfg, cfg["seed"])
     return out
 
 
@@ -337,7 +349,7 @@ def select_by_scaling(model, example, data, cfg: dict, work: Path, params_ratio:
         raise ConfigError(f"channel_scaling option epochs={epochs!r} must be a positive integer")
     tune = copy.deepcopy(cfg)
     tune["train"].update(epochs=epochs, lr=float(rate), lr_schedule="constant", keep="last",
-                         pretrained=None, freeze_backbone=False)
+                         pretrained=None, freeze_backbone=False, frozen_norm_stats="source")
 
     def train(net, hook, r):
         folder = work / f"round{r}"

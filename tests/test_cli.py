@@ -185,6 +185,17 @@ def test_transfer_head_only_then_channel_scaling(tmp_path, shared_data, capsys):
         if name.startswith("features.") and name != "features.0.weight":
             assert torch.equal(tensor, src[name]), name
     assert torch.allclose(head.features[0].weight, src["features.0.weight"].sum(1, keepdim=True))
+    assert main(["train", "pneumoniamnist-vgg", "--data", str(shared_data), "--output", str(runs), "--name",
+                 "adabn", "--pretrained", str(tmp_path / "source"), "--freeze-backbone", "--target-norm-stats",
+                 *small]) == 0
+    adabn = load(runs / "adabn").state_dict()
+    assert json.loads((runs / "adabn" / "results.json").read_text())["norms_reestimated"] == 13
+    assert torch.equal(adabn["features.1.weight"], src["features.1.weight"])  # statistics only
+    assert not torch.allclose(adabn["features.1.running_mean"], src["features.1.running_mean"])
+    assert main(["train", "pneumoniamnist-vgg", "--data", str(shared_data), "--output", str(runs), "--name",
+                 "nofreeze", "--pretrained", str(tmp_path / "source"), "--target-norm-stats", *small]) == 2
+    assert "--target-norm-stats) needs a frozen backbone" in capsys.readouterr().err
+    assert not (runs / "nofreeze").exists() and not (runs / ".nofreeze.partial").exists()
 
     assert main(["prune", str(runs / "head"), "--method", "channel_scaling", "--params-ratio", "0.6",
                  "--option", "epochs=1", "--option", "lr=0.2", "--option", "threshold=0.9", "--option", "rounds=3",

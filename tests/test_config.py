@@ -24,6 +24,7 @@ def test_yaml_file_replaces_the_model_section(tmp_path):
     (["train.epoch=3"], "unknown option 'train.epoch'"),
     (["trian.epochs=3"], "unknown config key 'trian'"),
     (["train.optimizer=rmsprop"], "train.optimizer='rmsprop' is not one of"),
+    (["train.frozen_norm_stats=imagenet"], "train.frozen_norm_stats='imagenet' is not one of"),
     (["train.epochs=0"], "train.epochs must be a positive integer"),
     (["epochs"], "must look like key.sub=value"),
 ])

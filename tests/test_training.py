@@ -145,3 +145,35 @@ def test_sparsity_regulariser_shrinks_norm_scales(tmp_path, shared_data):
     sparse = train_run(_cfg("sparse", tmp_path, extra=["train.epochs=2", "train.sparsity=0.01"]),
                        data_path=shared_data, progress=False)
     assert scales(sparse) < scales(plain)
+
+
+class _Images(torch.utils.data.Dataset):
+    def __init__(self, images):
+        self.images = images
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return {"image": self.images[i], "label": torch.tensor(0), "id": str(i)}
+
+
+def test_reestimated_frozen_norm_stats_are_those_of_the_new_data():
+    from medslim.training.loop import reestimate_frozen_norm_stats
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                              torch.nn.Conv2d(4, 2, 1), torch.nn.BatchNorm2d(2))
+    for p in [*net[0].parameters(), *net[1].parameters()]:
+        p.requires_grad_(False)  # a frozen first block; the second norm trains
+    net[1].running_mean.fill_(7.0)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    images = torch.randn(24, 1, 8, 8) * 3 + 5  # target data far from the "source" statistics
+    assert reestimate_frozen_norm_stats(net, _Images(images), {"batch_size": 8}, seed=0) == 1
+    with torch.no_grad():
+        features = net[0](images)
+    assert torch.allclose(net[1].running_mean, features.mean((0, 2, 3)), atol=1e-4)
+    assert net[1].momentum == 0.1 and not net[1].training and net[4].training  # modes as before, frozen norm fixed
+    for name, tensor in net.state_dict().items():
+        if name not in ("1.running_mean", "1.running_var", "1.num_batches_tracked"):
+            assert torch.equal(tensor, before[name]), name  # weights and the trainable norm untouched

@@ -188,12 +188,50 @@ def keep_frozen_norms_fixed(model: nn.Module) -> None:
     running statistics with those of the new data, changing a network that is
     meant to stay as it was.
     """
+    for module in frozen_norms(model):
+        module.eval()
+
+
+def frozen_norms(model: nn.Module) -> list[nn.Module]:
+    """Batch norms with affine parameters, all of them frozen (the ones a frozen backbone keeps)."""
     from torch.nn.modules.batchnorm import _NormBase
 
+    found = []
     for module in model.modules():
         params = list(module.parameters(recurse=False))
         if isinstance(module, _NormBase) and params and not any(p.requires_grad for p in params):
-            module.eval()
+            found.append(module)
+    return found
+
+
+@torch.no_grad()
+def reestimate_frozen_norm_stats(model: nn.Module, dataset, tcfg: dict, seed: int) -> int:
+    """Replace the running statistics of the frozen norms by those of ``dataset`` (AdaBN).
+
+    Pretrained statistics describe the source images; a frozen backbone fed
+    another modality normalises its features with the wrong means and
+    variances. One pass over the training split, in ``tcfg`` batches with
+    the norms in train mode and a cumulative average (``momentum=None``),
+    gives each norm the statistics of the target data it now sees. No
+    parameter changes. Returns the number of norms re-estimated.
+    """
+    norms = frozen_norms(model)
+    if not norms:
+        return 0
+    was_training = model.training
+    model.eval()  # dropout and unfrozen layers as at inference; only the frozen norms learn
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None
+        norm.train()
+    for batch in make_loader(dataset, tcfg, seed):
+        model(batch["image"])
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+    model.train(was_training)
+    keep_frozen_norms_fixed(model)
+    return len(norms)
 
 
 def make_loader(dataset, tcfg: dict, seed: int):

@@ -163,9 +163,10 @@ def test_reestimated_frozen_norm_stats_are_those_of_the_new_data():
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
-                              torch.nn.Conv2d(4, 2, 1), torch.nn.BatchNorm2d(2))
-    for p in [*net[0].parameters(), *net[1].parameters()]:
-        p.requires_grad_(False)  # a frozen first block; the second norm trains
+                              torch.nn.Conv2d(4, 2, 1), torch.nn.BatchNorm2d(2),
+                              torch.nn.InstanceNorm2d(2, affine=True))
+    for p in [*net[0].parameters(), *net[1].parameters(), *net[5].parameters()]:
+        p.requires_grad_(False)  # a frozen first block (and an instance norm, which has no statistics)
     net[1].running_mean.fill_(7.0)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     images = torch.randn(24, 1, 8, 8) * 3 + 5  # target data far from the "source" statistics

@@ -215,7 +215,7 @@ def reestimate_frozen_norm_stats(model: nn.Module, dataset, tcfg: dict, seed: in
     gives each norm the statistics of the target data it now sees. No
     parameter changes. Returns the number of norms re-estimated.
     """
-    norms = frozen_norms(model)
+    norms = [norm for norm in frozen_norms(model) if norm.track_running_stats]  # not instance norm
     if not norms:
         return 0
     was_training = model.training

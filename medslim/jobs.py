@@ -109,7 +109,8 @@ def start_from_pretrained(model, cfg: dict, train_data, fresh: bool = True) -> d
 
     tcfg = cfg["train"]
     out = {}
-    if tcfg.get("frozen_norm_stats", "source") == "target" and not tcfg.get("freeze_backbone"):
+    target_stats = tcfg.get("frozen_norm_stats", "source") == "target"  # configs of older runs lack the key
+    if target_stats and not tcfg.get("freeze_backbone"):
         raise ConfigError("train.frozen_norm_stats=target (--target-norm-stats) needs a frozen "
                           "backbone (--freeze-backbone); a trained backbone learns its own statistics")
     if tcfg.get("pretrained"):
@@ -118,7 +119,7 @@ def start_from_pretrained(model, cfg: dict, train_data, fresh: bool = True) -> d
         trainable = freeze_backbone(model)
         out["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
         out["trainable"] = trainable
-    if tcfg.get("frozen_norm_stats", "source") == "target" and fresh:
+    if target_stats and fresh:
         out["norms_reestimated"] = reestimate_frozen_norm_stats(model, train_data, tcfg, cfg["seed"])
     return out
 

@@ -1,8 +1,8 @@
 """Why L1, FPGM and HRank collapse to Dice 0 on Kvasir-SEG: the layer feeding the head.
 
 In ``benchmarks/pruning.py`` the post-hoc L1, FPGM and HRank rows at Sauron's
-FLOPs score Dice 0.000 (the network predicts no polyp) while random pruning
-keeps 0.66-0.74. A look at where the damage comes from found the last decoder
+FLOPs score Dice 0.000 on most seeds (the network predicts no polyp) while
+random pruning keeps 0.66-0.75. A look at where the damage comes from found the last decoder
 convolution, the one whose channels the 1x1 output head reads: these criteria
 remove channels the head relies on. This benchmark re-runs those rows under the
 same protocol (same baseline, same FLOPs, 3 fine-tuning epochs at lr / 10) with
@@ -10,7 +10,7 @@ that one layer kept whole (``medslim prune --keep LAYER``), and prints the
 validation Dice right after the cut and the test Dice after fine-tuning, beside
 the rows without it.
 
-    python benchmarks/keep_head_input.py --seeds 0 1 --methods l1 fpgm hrank
+    python benchmarks/keep_head_input.py --seeds 0 1 2 --methods l1 fpgm hrank
 
 Runs go to ``benchmarks/runs/<method>-keephead-kvasir-s<seed>-f<ratio>``;
 finished runs are reused. Writes ``benchmarks/results/keep-head-input.json``.

@@ -27,7 +27,9 @@ baseline's training plus pruning and fine-tuning). Finished runs are reused,
 so an interrupted benchmark continues; train with ``--skip-cost`` while the
 machine is busy, then run again without it on a quiet machine to measure
 latency. Prints a table, writes JSON and a Dice-vs-FLOPs plot per dataset
-plus Sauron's epoch-time plot.
+plus Sauron's epoch-time plot. Rows are merged into the JSON by run name, so
+a run of a few methods or seeds adds to the earlier rows (the summary and
+plots cover them all) instead of replacing them.
 
     python benchmarks/pruning.py --dataset kvasir --seeds 0 1 2
     python benchmarks/pruning.py --dataset hippocampus --seeds 0 --levels 0.25
@@ -297,7 +299,10 @@ def sauron_step_times(run: Path, threads: int, repeats: int = 15) -> dict:
     def step(net, hook, optimizer) -> float:
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(net(batch), labels) + hook.extra_loss()
+        loss = loss_fn(net(batch), labels)
+        extra = hook.extra_loss()  # None with lambda 0: no regulariser term
+        if extra is not None:
+            loss = loss + extra
         loss.backward()
         hook.after_backward(net)
         optimizer.step()
@@ -331,6 +336,13 @@ def print_table(dataset: str, rows: list[dict]) -> None:
         print(f"{r['run']:38s} {r['dice']:6.3f} {r['dice_drop_points']:6.1f} "
               f"{(r['hd95'] or float('nan')):7.2f} {r['params']:9d} {100 * r['flops_ratio']:7.1f} "
               f"{(ort if ort is not None else float('nan')):9.2f} {r['train_seconds']:8.0f}")
+
+
+def merged_rows(old: list[dict], new: list[dict]) -> list[dict]:
+    """``old`` with the rows of the same run replaced by ``new`` ones, then the rest of ``new``."""
+    fresh = {r["run"]: r for r in new}
+    out = [fresh.pop(r["run"], r) for r in old]
+    return out + list(fresh.values())
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -423,10 +435,12 @@ def plot(dataset: str, summary: list[dict], epochs: dict, folder: Path) -> list[
 
 
 def main(argv=None) -> int:
+    from medslim._io import write_json
+    from medslim.cost.report import environment
+
     args = parse_args(argv)
     datasets = list(CONFIGS) if args.dataset == "all" else [args.dataset]
     out = Path(args.out)
-    report = json.loads(out.read_text()) if out.exists() else {}
     for dataset in datasets:
         all_rows, all_epochs = [], {}
         for seed in args.seeds:
@@ -434,18 +448,22 @@ def main(argv=None) -> int:
             all_rows += rows
             all_epochs.update({f"{k}-s{seed}": v for k, v in epochs.items()})
         print_table(dataset, all_rows)
+        # earlier rows stay: a run of a few methods or seeds adds to the JSON instead of replacing it
+        # (read only now: another benchmark process may have written it while this one trained)
+        report = json.loads(out.read_text()) if out.exists() else {}
+        previous = report.get(dataset, {})
+        all_rows = merged_rows(previous.get("rows", []), all_rows)
+        all_epochs = {**previous.get("sauron_epochs", {}), **all_epochs}
         summary = summarise(all_rows)
         print_summary(dataset, summary)
         plots = plot(dataset, summary, all_epochs, out.parent)
         report[dataset] = {"rows": all_rows, "summary": summary, "sauron_epochs": all_epochs, "plots": plots,
-                           "seeds": args.seeds, "finetune_epochs": args.finetune_epochs,
+                           "seeds": sorted({*previous.get("seeds", []), *args.seeds}),
+                           "finetune_epochs": args.finetune_epochs,
                            "sauron_patience": args.sauron_patience,
                            "sauron_plateau": args.sauron_plateau}
-    from medslim._io import write_json
-    from medslim.cost.report import environment
-
-    report["environment"] = environment()
-    write_json(out, report)
+        report["environment"] = environment()
+        write_json(out, report)
     print(f"\nwrote {out}")
     return 0
 

@@ -37,6 +37,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _merge import earlier_report, merged_rows  # noqa: E402
+
 ARMS = ("jnet", "bilinear", "bilinear-low")
 ABLATIONS = ("jnet-default",)  # the head with PyTorch's initialisation (medslim's default)
 CONFIG = "kvasir-unet"
@@ -176,10 +179,25 @@ def collect(args) -> dict:
         if key not in timed and (run / "results.json").exists():
             timed[key] = run  # one trained model per configuration: speed does not depend on weights
     speed = time_models(timed, args) if timed else {}
+    return {"rows": with_speed(rows, speed), "speed": speed}
+
+
+def with_speed(rows: list[dict], speed: dict) -> list[dict]:
+    """Rows with this run's timing of their network (an ablation shares the network of its arm)."""
     for row in rows:
         same_network = "jnet" if row["arm"] in ABLATIONS else row["arm"]
         row.update(speed.get(f"{same_network}-{row['input_size']}", {}))
-    return {"rows": rows, "speed": speed}
+    return rows
+
+
+def earlier_rows(out: Path, args) -> list[dict]:
+    """Rows of the earlier report, if they were trained with the same settings as this run's."""
+    previous = earlier_report(out)
+    settings = ("output_size", "epochs", "full_epochs")
+    if previous and any(previous.get(k) != getattr(args, k) for k in settings):
+        print(f"{out}: its results used other {', '.join(settings)}; they are replaced")
+        return []
+    return previous.get("rows", [])
 
 
 def summary(rows: list[dict]) -> list[dict]:
@@ -312,14 +330,15 @@ def main(argv=None) -> int:
     if not data["rows"]:
         print("no finished runs to report", file=sys.stderr)
         return 1
-    groups = summary(data["rows"])
+    out = Path(args.out)
+    rows = with_speed(merged_rows(earlier_rows(out, args), data["rows"]), data["speed"])
+    groups = summary(rows)
     report = {"dataset": "kvasir-seg", "output_size": args.output_size, "epochs": args.epochs,
-              "full_epochs": args.full_epochs, "seeds": args.seeds, "full_seeds": args.full_seeds, "summary": groups,
-              "targets": targets(data["rows"], groups), "rows": data["rows"],
+              "full_epochs": args.full_epochs, "seeds": sorted({r["seed"] for r in rows if r["arm"] != "full"}),
+              "full_seeds": sorted({r["seed"] for r in rows if r["arm"] == "full"}), "summary": groups,
+              "targets": targets(rows, groups), "rows": rows,
               "environment": environment(), "date": time.strftime("%Y-%m-%d"),
               "command": "python benchmarks/lowres.py " + " ".join(sys.argv[1:])}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     figure = out.with_name(out.stem + "-masks.png")
     mask_figure(args, min(args.sizes), args.seeds[0], figure)
     write_json(out, report)

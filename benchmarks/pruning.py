@@ -46,6 +46,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _merge import earlier_report, merged_rows  # noqa: E402
 
 CONFIGS = {"kvasir": "kvasir-unet", "hippocampus": "hippocampus-unet"}
 POSTHOC = ("taylor_gn", "l1", "fpgm", "hrank", "slimming", "random")
@@ -338,13 +339,6 @@ def print_table(dataset: str, rows: list[dict]) -> None:
               f"{(ort if ort is not None else float('nan')):9.2f} {r['train_seconds']:8.0f}")
 
 
-def merged_rows(old: list[dict], new: list[dict]) -> list[dict]:
-    """``old`` with the rows of the same run replaced by ``new`` ones, then the rest of ``new``."""
-    fresh = {r["run"]: r for r in new}
-    out = [fresh.pop(r["run"], r) for r in old]
-    return out + list(fresh.values())
-
-
 def summarise(rows: list[dict]) -> list[dict]:
     """One entry per method and FLOPs level: mean and standard deviation over the seeds.
 
@@ -448,9 +442,7 @@ def main(argv=None) -> int:
             all_rows += rows
             all_epochs.update({f"{k}-s{seed}": v for k, v in epochs.items()})
         print_table(dataset, all_rows)
-        # earlier rows stay: a run of a few methods or seeds adds to the JSON instead of replacing it
-        # (read only now: another benchmark process may have written it while this one trained)
-        report = json.loads(out.read_text()) if out.exists() else {}
+        report = earlier_report(out)
         previous = report.get(dataset, {})
         all_rows = merged_rows(previous.get("rows", []), all_rows)
         all_epochs = {**previous.get("sauron_epochs", {}), **all_epochs}

@@ -36,6 +36,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _merge import earlier_report  # noqa: E402
+
 SWEPT = ("sshn", "stochastic", "sshn-nonorm", "sshn-unscaled")
 CONFIGS = {"kvasir": "kvasir-sshn", "hippocampus": "hippocampus-sshn"}
 MODELS = ("sshn", "sshn-nonorm", "sshn-unscaled", "stochastic", "fixed")
@@ -199,6 +202,16 @@ def collect(args) -> dict:
     return {"seeds": per_seed}
 
 
+def merged_seeds(old: list[dict], new: list[dict]) -> list[dict]:
+    """Per seed, the earlier sweeps, fixed U-Nets and training times, with this run's on top."""
+    by_seed = {s["seed"]: s for s in old}
+    for s in new:
+        prev = by_seed.get(s["seed"], {})
+        by_seed[s["seed"]] = {"seed": s["seed"], **{part: {**prev.get(part, {}), **s[part]}
+                                                    for part in ("sweeps", "fixed", "train_seconds")}}
+    return [by_seed[seed] for seed in sorted(by_seed)]
+
+
 def _train_seconds(run: Path) -> float:
     return json.loads((run / "results.json").read_text())["train_seconds"]
 
@@ -330,23 +343,32 @@ def main(argv=None) -> int:
         train_all(args)
     if args.train_only:
         return 0
-    data = collect(args)
+    out = Path(args.out)
+    previous = earlier_report(out)
+    if previous and previous.get("epochs") != args.epochs:
+        print(f"{out}: its results were trained for {previous.get('epochs')} epochs, not {args.epochs}; "
+              "they are replaced")
+        previous = {}
+    data = {"seeds": merged_seeds(previous.get("raw", {}).get("seeds", []), collect(args)["seeds"])}
+    fixed_phis = [*previous.get("fixed_phis", [])]
+    fixed_phis += [phi for phi in args.fixed_phis if phi not in fixed_phis]
     seed0 = Path(args.runs) / run_name(args.dataset, "sshn", args.seeds[0])
     report = {"dataset": args.dataset, "seeds_used": [s["seed"] for s in data["seeds"] if s["sweeps"]],
-              "epochs": args.epochs, "fixed_phis": args.fixed_phis,
-              "comparison": comparison(data, args.fixed_phis),
+              "epochs": args.epochs, "fixed_phis": fixed_phis,
+              "comparison": comparison(data, fixed_phis),
               "curves": {m: curve(data, m) for m in SWEPT},
               "training_times": training_times(data), "raw": data}
     report["sshn_curve"] = report["curves"]["sshn"]
     if args.dataset == "kvasir" and (seed0 / "results.json").exists():
         report["default_sweep"] = time_default_sweep(seed0)
+    elif "default_sweep" in previous:
+        report["default_sweep"] = previous["default_sweep"]
+    from medslim._io import write_json
     from medslim.cost.report import environment
 
     report["environment"] = environment()
     report["date"] = time.strftime("%Y-%m-%d")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, default=float) + "\n")
+    write_json(out, report)
     plot(report, out.with_suffix(".png"))
     print_report(report)
     print(f"\nwrote {out} and {out.with_suffix('.png')}")

@@ -1,0 +1,62 @@
+"""Benchmarks add to their recorded JSON instead of replacing it (benchmarks/_merge.py)."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import _merge  # noqa: E402
+import sshn  # noqa: E402
+
+
+def test_merged_rows_replaces_the_same_run_and_keeps_the_others():
+    old = [{"run": "a", "dice": 0.1}, {"run": "b", "dice": 0.2}]
+    new = [{"run": "b", "dice": 0.9}, {"run": "c", "dice": 0.3}]
+    assert _merge.merged_rows(old, new) == [{"run": "a", "dice": 0.1}, {"run": "b", "dice": 0.9},
+                                            {"run": "c", "dice": 0.3}]
+
+
+def test_earlier_report_is_empty_without_a_file(tmp_path):
+    assert _merge.earlier_report(tmp_path / "none.json") == {}
+
+
+def test_earlier_report_refuses_a_corrupt_file_and_names_it(tmp_path):
+    bad = tmp_path / "pruning.json"
+    bad.write_text('{"rows": [')
+    with pytest.raises(SystemExit, match="pruning.json"):
+        _merge.earlier_report(bad)
+    assert bad.read_text() == '{"rows": ['  # left as it was
+
+
+def test_sshn_seed_entries_merge_part_by_part():
+    old = [{"seed": 0, "sweeps": {"sshn": [1]}, "fixed": {"0.5": {"dice": 0.8}}, "train_seconds": {"sshn": 10.0}},
+           {"seed": 1, "sweeps": {}, "fixed": {"0.5": {"dice": 0.7}}, "train_seconds": {}}]
+    new = [{"seed": 1, "sweeps": {}, "fixed": {"0.1": {"dice": 0.6}}, "train_seconds": {"fixed-0.1": 5.0}}]
+    merged = sshn.merged_seeds(old, new)
+    assert [s["seed"] for s in merged] == [0, 1]
+    assert merged[0] == old[0]
+    assert merged[1]["fixed"] == {"0.5": {"dice": 0.7}, "0.1": {"dice": 0.6}}
+    assert merged[1]["train_seconds"] == {"fixed-0.1": 5.0}
+
+
+def test_lowres_keeps_earlier_rows_only_when_trained_alike(tmp_path):
+    import json
+    from argparse import Namespace
+
+    import lowres
+
+    out = tmp_path / "lowres.json"
+    out.write_text(json.dumps({"output_size": 128, "epochs": 15, "full_epochs": 6, "rows": [{"run": "r0"}]}))
+    assert lowres.earlier_rows(out, Namespace(output_size=128, epochs=15, full_epochs=6)) == [{"run": "r0"}]
+    assert lowres.earlier_rows(out, Namespace(output_size=128, epochs=8, full_epochs=6)) == []
+
+
+def test_lowres_timing_reaches_earlier_rows_of_the_same_network():
+    import lowres
+
+    rows = [{"arm": "jnet", "input_size": 32, "fps": 1.0}, {"arm": "jnet-default", "input_size": 32},
+            {"arm": "bilinear", "input_size": 64, "fps": 2.0}]
+    lowres.with_speed(rows, {"jnet-32": {"fps": 5.0}})
+    assert [r.get("fps") for r in rows] == [5.0, 5.0, 2.0]

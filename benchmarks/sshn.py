@@ -343,13 +343,14 @@ def main(argv=None) -> int:
         train_all(args)
     if args.train_only:
         return 0
+    fresh = collect(args)["seeds"]
     out = Path(args.out)
     previous = earlier_report(out)
     if previous and previous.get("epochs") != args.epochs:
         print(f"{out}: its results were trained for {previous.get('epochs')} epochs, not {args.epochs}; "
               "they are replaced")
         previous = {}
-    data = {"seeds": merged_seeds(previous.get("raw", {}).get("seeds", []), collect(args)["seeds"])}
+    data = {"seeds": merged_seeds(previous.get("raw", {}).get("seeds", []), fresh)}
     fixed_phis = [*previous.get("fixed_phis", [])]
     fixed_phis += [phi for phi in args.fixed_phis if phi not in fixed_phis]
     seed0 = Path(args.runs) / run_name(args.dataset, "sshn", args.seeds[0])

@@ -170,14 +170,15 @@ def _config(run: Path) -> dict:
 # ----------------------------------------------------------------------------- rows
 
 
-def row(run: Path, kind: str, base: Path | None = None) -> dict:
+def row(run: Path, kind: str, base_seconds: float | None = None) -> dict:
+    """One table row; ``base_seconds``: the baseline's training time, added to a post-hoc row's."""
     results = json.loads((run / "results.json").read_text())
     test = results["test"]
     cost = json.loads((run / "cost.json").read_text()) if (run / "cost.json").exists() else {}
     pruning = json.loads((run / "pruning.json").read_text()) if (run / "pruning.json").exists() else {}
     seconds = results.get("train_seconds", 0.0) + pruning.get("seconds", 0.0)
-    if base is not None and kind not in ("uniform",):
-        seconds += json.loads((base / "results.json").read_text())["train_seconds"]
+    if base_seconds is not None and kind not in ("uniform",):
+        seconds += base_seconds
     out = {"run": run.name, "method": kind, "seed": _config(run)["seed"], "dice": test["dice"],
            "dice_per_class": test["dice_per_class"], "hd95": test.get("hd95"),
            "hd95_per_class": test.get("hd95_per_class"), "train_seconds": round(seconds, 1)}
@@ -188,6 +189,10 @@ def row(run: Path, kind: str, base: Path | None = None) -> dict:
     else:
         out.update(_size(run))
     return out
+
+
+def _train_seconds(run: Path) -> float:
+    return json.loads((run / "results.json").read_text())["train_seconds"]
 
 
 def _size(run: Path) -> dict:
@@ -215,10 +220,12 @@ def sauron_epochs(run: Path) -> list[dict]:
 # ----------------------------------------------------------------------------- one dataset
 
 
-def run_dataset(dataset: str, seed: int, args) -> tuple[list[dict], dict]:
+def run_dataset(dataset: str, seed: int, args, recorded: list[dict] = ()) -> tuple[list[dict], dict]:
+    """Every row of one seed; ``recorded``: the rows of the earlier report (see ``recorded_baseline``)."""
     base = baseline_run(dataset, seed, args) if not args.report_only else \
         Path(args.runs) / f"baseline-{dataset}-s{seed}"
-    runs: list[tuple[Path, str]] = [(base, "baseline")]
+    base_row = recorded_baseline(base, recorded, args)
+    runs: list[tuple[Path, str]] = [] if base_row else [(base, "baseline")]
     tags: dict[str, str] = {}  # run name -> the FLOPs level it was pruned to ("sauron" or a ratio)
     epochs: dict = {}
     sauron_ratio = None
@@ -230,7 +237,8 @@ def run_dataset(dataset: str, seed: int, args) -> tuple[list[dict], dict]:
             runs.append((run, method))
             epochs[method] = sauron_epochs(run)
             if method == "sauron":
-                sauron_ratio = json.loads((run / "results.json").read_text())["flops"] / _size(base)["flops"]
+                base_flops = base_row["flops"] if base_row else _size(base)["flops"]
+                sauron_ratio = json.loads((run / "results.json").read_text())["flops"] / base_flops
     levels = {round(sauron_ratio, 3): "sauron"} if sauron_ratio is not None else {}
     for method in [m for m in (*POSTHOC, "uniform", *EXTERNAL) if m in args.methods]:
         todo = dict(levels)
@@ -243,8 +251,12 @@ def run_dataset(dataset: str, seed: int, args) -> tuple[list[dict], dict]:
                 tags[run.name] = level
     if not args.skip_cost:
         measure((r for r, _ in runs), args.repeats)
-    rows = [row(r, kind, base if kind not in ("baseline", "sauron", "sauron-lam0") else None)
+    base_seconds = base_row["train_seconds"] if base_row else _train_seconds(base)
+    rows = [row(r, kind, base_seconds if kind not in ("baseline", "sauron", "sauron-lam0") else None)
             for r, kind in runs]
+    if base_row:
+        rows.insert(0, base_row)
+        runs.insert(0, (base, "baseline"))
     if not args.skip_cost:
         for r, (run, kind) in zip(rows, runs):
             if kind.startswith("sauron"):
@@ -255,6 +267,24 @@ def run_dataset(dataset: str, seed: int, args) -> tuple[list[dict], dict]:
         r["flops_ratio"] = r["flops"] / flops0
         r["dice_drop_points"] = 100 * (rows[0]["dice"] - r["dice"])
     return rows, epochs
+
+
+def recorded_baseline(base: Path, recorded: list[dict], args) -> dict | None:
+    """The baseline's row from the earlier report, when a report-only run finds its folder gone.
+
+    Run folders are working files (ignored by git) and may be cleaned away;
+    the JSON is the record. A row trained against this baseline (Sauron with
+    lambda 0, say) is then reported against the baseline's recorded Dice and
+    FLOPs instead of retraining it for an hour. Only in ``--report-only``:
+    a training run always trains or reuses the baseline itself.
+    """
+    if (base / "results.json").exists() or not args.report_only:
+        return None
+    found = next((r for r in recorded if r["run"] == base.name), None)
+    if found is None:
+        raise SystemExit(f"{base}: no finished baseline run, and {args.out} holds no row for it; "
+                         "train it first (run without --report-only)")
+    return dict(found)
 
 
 def measure(runs, repeats: int) -> None:
@@ -437,8 +467,9 @@ def main(argv=None) -> int:
     out = Path(args.out)
     for dataset in datasets:
         all_rows, all_epochs = [], {}
+        recorded = earlier_report(out).get(dataset, {}).get("rows", [])
         for seed in args.seeds:
-            rows, epochs = run_dataset(dataset, seed, args)
+            rows, epochs = run_dataset(dataset, seed, args, recorded)
             all_rows += rows
             all_epochs.update({f"{k}-s{seed}": v for k, v in epochs.items()})
         print_table(dataset, all_rows)

@@ -13,12 +13,13 @@ with ``--epochs`` epochs and the final weights kept (``train.keep: last``):
 - ``stochastic``: one U-Net whose weights serve every phi, phi ~ U(0, 0.5);
 - ``fixed``: one U-Net per phi in ``--fixed-phis``.
 
-Then SSHN and Stochastic are swept over ``--phis`` (20 factors in the training
-range plus out-of-range ones) on the test split: Dice, HD95, FLOPs and ONNX
+Then SSHN and Stochastic are swept over ``--phis`` (default 20 factors in the
+training range, plus out-of-range ones) on the test split: Dice, HD95, FLOPs and ONNX
 Runtime latency (1 thread, batch 1) of the exported plain U-Net at each phi;
 the fixed U-Nets are measured the same way at their phi. The default
 ``medslim sshn sweep`` (20 factors, validation split) is timed on seed 0.
-Finished runs and sweeps are reused, so an interrupted benchmark continues.
+Finished runs and sweeps are reused, so an interrupted benchmark continues
+(a cached sweep keeps the factors it was measured at).
 Prints a table, writes JSON and a Dice-vs-FLOPs plot.
 
     python benchmarks/sshn.py --dataset kvasir --seeds 0 1 2
@@ -57,6 +58,9 @@ def parse_args(argv=None):
     p.add_argument("--data", help="folder holding kvasir-seg/ and hippocampus/")
     p.add_argument("--runs", default="benchmarks/runs/sshn")
     p.add_argument("--out", default=None, help="default benchmarks/results/sshn-DATASET.json")
+    p.add_argument("--phis", default=SWEEP,
+                   help=f"factors swept in the training range, start:stop:count (default {SWEEP}); "
+                        f"{', '.join(map(str, OUTSIDE))} outside it are always added")
     p.add_argument("--repeats", type=int, default=20, help="ONNX Runtime timing repeats per phi")
     p.add_argument("--report-only", action="store_true", help="train nothing; sweep and report")
     p.add_argument("--train-only", action="store_true", help="train; sweep and report later")
@@ -119,10 +123,10 @@ def train_all(args) -> None:
 
 # ---------------------------------------------------------------- measuring
 
-def sweep_phis() -> list[float]:
+def sweep_phis(spec: str = SWEEP) -> list[float]:
     from medslim.sshn_jobs import parse_phis
 
-    return parse_phis(SWEEP) + list(OUTSIDE)
+    return parse_phis(spec) + list(OUTSIDE)
 
 
 def sweep_hyper(run: Path, args) -> dict:
@@ -133,7 +137,7 @@ def sweep_hyper(run: Path, args) -> dict:
     if cached.exists():
         return json.loads(cached.read_text())
     print(f"sweeping {run.name}", flush=True)
-    return sweep_run(run, sweep_phis(), "test", threads=1, repeats=args.repeats, data_path=args.data)
+    return sweep_run(run, sweep_phis(args.phis), "test", threads=1, repeats=args.repeats, data_path=args.data)
 
 
 def sweep_unet(run: Path, phis: list[float], args) -> dict:
@@ -193,7 +197,7 @@ def collect(args) -> dict:
                 continue
             entry["train_seconds"][model] = _train_seconds(run)
             entry["sweeps"][model] = (sweep_hyper(run, args) if model != "stochastic"
-                                      else sweep_unet(run, sweep_phis(), args))["rows"]
+                                      else sweep_unet(run, sweep_phis(args.phis), args))["rows"]
         for phi, run in fixed.items():
             if (run / "results.json").exists():
                 entry["train_seconds"][f"fixed-{phi:g}"] = _train_seconds(run)
@@ -319,8 +323,10 @@ def plot(report: dict, path: Path) -> None:
         pts = report["curves"].get(name) or []
         inside = [p for p in pts if p["in_range"]]
         if inside:
+            seeds = max(p["n"] for p in inside)
             ax.plot([p["flops"] / 1e9 for p in inside], [p["dice"][0] for p in inside], marker=marker,
-                    ms=3, label=f"{name} (phi 0.025-0.5)")
+                    ms=3, label=f"{name} (phi {inside[0]['phi']:g}-{inside[-1]['phi']:g}, "
+                                f"{seeds} seed{'s' if seeds > 1 else ''})")
     fixed = [r for r in report["comparison"] if r["fixed"]["n"]]
     ax.errorbar([r["fixed"]["flops"] / 1e9 for r in fixed], [r["fixed"]["dice"][0] for r in fixed],
                 yerr=[r["fixed"]["dice"][1] for r in fixed], fmt="s", color="k", label="fixed U-Nets")

@@ -60,3 +60,21 @@ def test_lowres_timing_reaches_earlier_rows_of_the_same_network():
             {"arm": "bilinear", "input_size": 64, "fps": 2.0}]
     lowres.with_speed(rows, {"jnet-32": {"fps": 5.0}})
     assert [r.get("fps") for r in rows] == [5.0, 5.0, 2.0]
+
+
+def test_pruning_report_takes_a_cleaned_away_baseline_from_the_recorded_rows(tmp_path):
+    from argparse import Namespace
+
+    import pruning
+
+    base = tmp_path / "baseline-kvasir-s1"
+    recorded = [{"run": "baseline-kvasir-s1", "dice": 0.82, "flops": 1e9, "train_seconds": 2900.0}]
+    report = Namespace(report_only=True, out="pruning.json")
+    assert pruning.recorded_baseline(base, recorded, report) == recorded[0]
+    with pytest.raises(SystemExit, match="baseline-kvasir-s1"):
+        pruning.recorded_baseline(base, [], report)
+    # a training run, or a finished baseline folder: the run itself is the source
+    assert pruning.recorded_baseline(base, recorded, Namespace(report_only=False, out="x")) is None
+    base.mkdir()
+    (base / "results.json").write_text("{}")
+    assert pruning.recorded_baseline(base, recorded, report) is None

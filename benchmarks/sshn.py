@@ -67,6 +67,12 @@ def parse_args(argv=None):
     p.add_argument("--full-size", action="store_true", help="Kvasir-SEG at 256x256 (for GPUs)")
     args = p.parse_args(argv)
     args.out = args.out or f"benchmarks/results/sshn-{args.dataset}.json"
+    from medslim.errors import ConfigError
+
+    try:  # before any training: a bad list would otherwise fail only when the first sweep starts
+        sweep_phis(args.phis)
+    except ConfigError as err:
+        p.error(str(err))
     return args
 
 

@@ -78,3 +78,10 @@ def test_pruning_report_takes_a_cleaned_away_baseline_from_the_recorded_rows(tmp
     base.mkdir()
     (base / "results.json").write_text("{}")
     assert pruning.recorded_baseline(base, recorded, report) is None
+
+
+def test_sshn_benchmark_refuses_a_bad_phi_list_before_training(capsys):
+    with pytest.raises(SystemExit):
+        sshn.parse_args(["--phis", "0.1:x"])
+    assert "--phis '0.1:x'" in capsys.readouterr().err
+    assert sshn.parse_args(["--phis", "0.1:0.5:5"]).phis == "0.1:0.5:5"

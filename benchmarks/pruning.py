@@ -13,8 +13,12 @@ training settings of the baseline configs (``kvasir-unet``,
   ``--finetune-epochs`` epochs at the learning rate / 10: ``taylor_gn``
   (iterative, one fine-tuning epoch per step), ``l1``, ``fpgm``, ``hrank``,
   ``slimming`` (the affine instance-norm scales of the baseline, which was
-  trained without slimming's L1 sparsity term: a second sparsity training
-  per seed did not fit the CPU budget), ``random``;
+  trained without slimming's L1 sparsity term), ``random``;
+- ``slimming-sparse``: network slimming as its paper does it: a second
+  training of the baseline with the L1 term on the norm scales
+  (``--sparsity``, the run ``sparse-<dataset>-s<seed>``, reported as the row
+  ``sparse-baseline``), then cut by those scales and fine-tuned like the
+  post-hoc rows;
 - ``uniform``: every layer cut by the same fraction, re-initialised and
   trained from scratch for the baseline's epoch count;
 - ``tp-l1``: Torch-Pruning 1.6.1 (optional install) with its L1 group
@@ -47,11 +51,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _merge import earlier_report, merged_rows  # noqa: E402
+from _plots import finish  # noqa: E402
 
 CONFIGS = {"kvasir": "kvasir-unet", "hippocampus": "hippocampus-unet"}
 POSTHOC = ("taylor_gn", "l1", "fpgm", "hrank", "slimming", "random")
 EXTERNAL = ("tp-l1",)
-METHODS = ("sauron", "sauron-lam0", *POSTHOC, "uniform", *EXTERNAL)
+METHODS = ("sauron", "sauron-lam0", *POSTHOC, "slimming-sparse", "uniform", *EXTERNAL)
+LEVEL_METHODS = (*POSTHOC, "slimming-sparse")
 
 
 def parse_args(argv=None):
@@ -62,9 +68,11 @@ def parse_args(argv=None):
                    help="rows to run (the baseline always runs)")
     p.add_argument("--levels", type=float, nargs="*", default=[0.5, 0.25, 0.1],
                    help="FLOPs ratios for the post-hoc methods, besides Sauron's")
-    p.add_argument("--level-methods", nargs="+", choices=POSTHOC, default=list(POSTHOC),
+    p.add_argument("--level-methods", nargs="+", choices=LEVEL_METHODS, default=list(LEVEL_METHODS),
                    help="post-hoc methods also run at --levels")
     p.add_argument("--finetune-epochs", type=int, default=5)
+    p.add_argument("--sparsity", type=float, default=1e-4,
+                   help="slimming-sparse: weight of the L1 term on the norm scales (the paper's 1e-4)")
     p.add_argument("--sauron-patience", type=int, default=0)
     p.add_argument("--sauron-plateau", action="store_true",
                    help="keep the paper's loss-plateau rule (meant for 500+ epochs)")
@@ -95,16 +103,26 @@ def baseline_run(dataset: str, seed: int, args) -> Path:
 
 
 def sauron_run(dataset: str, seed: int, lam: float, args) -> Path:
+    return trained_variant(dataset, seed, f"sauron{'-lam0' if lam == 0 else ''}-{dataset}-s{seed}", args, [
+        "prune.method=sauron", f"prune.lam={lam}", f"prune.patience={args.sauron_patience}",
+        f"prune.plateau={str(args.sauron_plateau).lower()}"])
+
+
+def sparse_base_run(dataset: str, seed: int, args) -> Path:
+    """The baseline trained again with network slimming's L1 term on the norm scales."""
+    return trained_variant(dataset, seed, f"sparse-{dataset}-s{seed}", args, [f"train.sparsity={args.sparsity}"])
+
+
+def trained_variant(dataset: str, seed: int, name: str, args, overrides: list[str]) -> Path:
+    """The run ``name``: the dataset's baseline config with ``overrides``; trained unless finished."""
     from medslim.config import load_config
     from medslim.jobs import train_run
 
-    name = f"sauron{'-lam0' if lam == 0 else ''}-{dataset}-s{seed}"
     run = Path(args.runs) / name
     if (run / "results.json").exists() or args.report_only:
         return run
     overrides = [f"seed={seed}", f"name={name}", f"output={args.runs}", f"train.threads={args.threads}",
-                 "prune.method=sauron", f"prune.lam={lam}", f"prune.patience={args.sauron_patience}",
-                 f"prune.plateau={str(args.sauron_plateau).lower()}"]
+                 *overrides]
     if args.full_size and dataset == "kvasir":
         overrides.append("data.size=[256,256]")
     cfg = load_config(CONFIGS[dataset], overrides)
@@ -239,21 +257,36 @@ def run_dataset(dataset: str, seed: int, args, recorded: list[dict] = ()) -> tup
             if method == "sauron":
                 base_flops = base_row["flops"] if base_row else _size(base)["flops"]
                 sauron_ratio = json.loads((run / "results.json").read_text())["flops"] / base_flops
+    if sauron_ratio is None:
+        sauron_ratio = recorded_sauron_ratio(dataset, seed, recorded)
     levels = {round(sauron_ratio, 3): "sauron"} if sauron_ratio is not None else {}
-    for method in [m for m in (*POSTHOC, "uniform", *EXTERNAL) if m in args.methods]:
+    sparse = None
+    if "slimming-sparse" in args.methods:
+        sparse = sparse_base_run(dataset, seed, args)
+        if (sparse / "results.json").exists():
+            runs.append((sparse, "sparse-baseline"))
+            tags[sparse.name] = "1"
+    for method in [m for m in (*POSTHOC, "slimming-sparse", "uniform", *EXTERNAL) if m in args.methods]:
+        source = base
+        if method == "slimming-sparse":
+            if not (sparse / "results.json").exists():
+                continue
+            source = sparse
         todo = dict(levels)
         for ratio in (args.levels if method in args.level_methods else []):
             todo.setdefault(round(ratio, 3), f"{ratio:g}")
         for ratio, level in todo.items():
-            run = posthoc_run(base, method, ratio, args)
+            run = posthoc_run(source, "slimming" if method == "slimming-sparse" else method, ratio, args)
             if (run / "results.json").exists():
                 runs.append((run, method))
                 tags[run.name] = level
     if not args.skip_cost:
         measure((r for r, _ in runs), args.repeats)
     base_seconds = base_row["train_seconds"] if base_row else _train_seconds(base)
-    rows = [row(r, kind, base_seconds if kind not in ("baseline", "sauron", "sauron-lam0") else None)
-            for r, kind in runs]
+    sparse_seconds = _train_seconds(sparse) if sparse is not None and (sparse / "results.json").exists() else None
+    seconds_before = {"baseline": None, "sauron": None, "sauron-lam0": None, "sparse-baseline": None,
+                      "slimming-sparse": sparse_seconds}
+    rows = [row(r, kind, seconds_before.get(kind, base_seconds)) for r, kind in runs]
     if base_row:
         rows.insert(0, base_row)
         runs.insert(0, (base, "baseline"))
@@ -267,6 +300,17 @@ def run_dataset(dataset: str, seed: int, args, recorded: list[dict] = ()) -> tup
         r["flops_ratio"] = r["flops"] / flops0
         r["dice_drop_points"] = 100 * (rows[0]["dice"] - r["dice"])
     return rows, epochs
+
+
+def recorded_sauron_ratio(dataset: str, seed: int, recorded: list[dict]) -> float | None:
+    """The FLOPs ratio Sauron reached on this seed, from the earlier report (None if never run).
+
+    Lets a later run of some post-hoc methods (without ``sauron`` in
+    ``--methods``, or after its run folder was cleaned away) still cut to
+    Sauron's FLOPs, as every post-hoc row is meant to.
+    """
+    found = next((r for r in recorded if r["run"] == f"sauron-{dataset}-s{seed}"), None)
+    return found["flops_ratio"] if found else None
 
 
 def recorded_baseline(base: Path, recorded: list[dict], args) -> dict | None:
@@ -403,11 +447,11 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 def print_summary(dataset: str, summary: list[dict]) -> None:
     print(f"\n{dataset}: mean +- sd over seeds")
-    head = f"{'method':12s} {'level':>7s} {'seeds':>6s} {'Dice':>14s} {'drop':>12s} {'FLOPs%':>7s} {'params':>9s}"
+    head = f"{'method':16s} {'level':>7s} {'seeds':>6s} {'Dice':>14s} {'drop':>12s} {'FLOPs%':>7s} {'params':>9s}"
     print(head)
     print("-" * len(head))
     for e in summary:
-        print(f"{e['method']:12s} {e['level']:>7s} {len(e['seeds']):6d} "
+        print(f"{e['method']:16s} {e['level']:>7s} {len(e['seeds']):6d} "
               f"{e['dice_mean']:7.3f} +-{e['dice_sd']:5.3f} {e['drop_mean']:5.1f} +-{e['drop_sd']:4.1f} "
               f"{100 * e['flops_ratio_mean']:7.1f} {e['params_mean']:9d}")
 
@@ -427,16 +471,9 @@ def plot(dataset: str, summary: list[dict], epochs: dict, folder: Path) -> list[
         ax.errorbar(x, y, yerr=sd, marker="o", capsize=3, linestyle="-" if len(pts) > 1 else "",
                     label=method)
     ax.set_xscale("log")
-    ax.set_xlabel("FLOPs (% of the unpruned U-Net, log scale)")
-    ax.set_ylabel("test Dice (mean +- sd over seeds)")
-    ax.set_title(f"{dataset}: Dice vs FLOPs")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    path = folder / f"pruning-{dataset}-dice-flops.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(str(path))
+    written.append(finish(fig, ax, folder / f"pruning-{dataset}-dice-flops.png", title=f"{dataset}: Dice vs FLOPs",
+                          xlabel="FLOPs (% of the unpruned U-Net, log scale)",
+                          ylabel="test Dice (mean +- sd over seeds)"))
     if epochs:
         fig, ax = plt.subplots(figsize=(7, 4))
         for method, recs in epochs.items():

@@ -80,8 +80,59 @@ def test_pruning_report_takes_a_cleaned_away_baseline_from_the_recorded_rows(tmp
     assert pruning.recorded_baseline(base, recorded, report) is None
 
 
+def test_pruning_rows_cut_to_the_recorded_sauron_ratio_of_their_own_seed():
+    import pruning
+
+    recorded = [{"run": "sauron-kvasir-s0", "flops_ratio": 0.3531},
+                {"run": "sauron-lam0-kvasir-s1", "flops_ratio": 0.368},
+                {"run": "sauron-hippocampus-s1", "flops_ratio": 0.515}]
+    assert pruning.recorded_sauron_ratio("kvasir", 0, recorded) == 0.3531
+    # lambda 0 or another dataset's Sauron is not this seed's cut
+    assert pruning.recorded_sauron_ratio("kvasir", 1, recorded) is None
+    assert pruning.recorded_sauron_ratio("kvasir", 2, recorded) is None
+
+
+def test_pruning_slimming_with_its_sparsity_training_is_a_method_of_its_own():
+    import pruning
+
+    args = pruning.parse_args(["--methods", "slimming-sparse", "--level-methods", "slimming-sparse",
+                               "--sparsity", "5e-5"])
+    assert args.methods == ["slimming-sparse"] and args.sparsity == 5e-5
+    with pytest.raises(SystemExit):
+        pruning.parse_args(["--methods", "slimming-l1"])
+
+
 def test_sshn_benchmark_refuses_a_bad_phi_list_before_training(capsys):
     with pytest.raises(SystemExit):
         sshn.parse_args(["--phis", "0.1:x"])
     assert "--phis '0.1:x'" in capsys.readouterr().err
     assert sshn.parse_args(["--phis", "0.1:0.5:5"]).phis == "0.1:0.5:5"
+
+
+def test_sauron_budget_names_its_runs_by_what_differs_from_the_paper():
+    import sauron_budget
+
+    args = sauron_budget.parse_args(["--epochs", "60", "--tau-max", "0.5"])
+    runs = sauron_budget.variants("kvasir", 0, args)
+    assert list(runs) == ["baseline-e60-kvasir-s0", "sauron-e60-kvasir-s0", "sauron-tau05-kvasir-s0"]
+    assert "train.epochs=60" in runs["sauron-e60-kvasir-s0"]
+    assert "prune.tau_max=0.5" in runs["sauron-tau05-kvasir-s0"]
+    assert not any(o.startswith("prune.") for o in runs["baseline-e60-kvasir-s0"])
+    for bad in (["--epochs", "0"], ["--tau-max", "2"]):
+        with pytest.raises(SystemExit):
+            sauron_budget.parse_args(bad)
+
+
+def test_sauron_budget_measures_each_drop_against_the_baseline_of_the_same_epochs():
+    import sauron_budget
+
+    rows = [{"run": "baseline-kvasir-s0", "epochs": 30, "tau_max": None, "dice": 0.80, "flops": 100},
+            {"run": "sauron-kvasir-s0", "epochs": 30, "tau_max": 0.3, "dice": 0.76, "flops": 35,
+             "per_epoch": [{"epoch": 1, "tau_median": 0.1}, {"epoch": 2, "tau_median": 0.3}]},
+            {"run": "baseline-e60-kvasir-s0", "epochs": 60, "tau_max": None, "dice": 0.83, "flops": 100},
+            {"run": "sauron-e60-kvasir-s0", "epochs": 60, "tau_max": 0.3, "dice": 0.80, "flops": 20}]
+    out = {r["run"]: r for r in sauron_budget.with_drops(rows)}
+    assert out["sauron-kvasir-s0"]["drop_points"] == pytest.approx(4.0)
+    assert out["sauron-e60-kvasir-s0"]["drop_points"] == pytest.approx(3.0)  # not 0.0 against the 30-epoch one
+    assert out["sauron-e60-kvasir-s0"]["flops_kept"] == pytest.approx(0.2)
+    assert out["sauron-kvasir-s0"]["ceiling_epoch"] == 2

@@ -1,0 +1,183 @@
+"""How far Sauron's FLOPs fall with a longer budget or a higher threshold ceiling.
+
+Sauron's paper reports over 90 % fewer FLOPs after 500-1000 epochs; the
+side-by-side benchmark (``pruning.py``) gives it the reference U-Net's 30.
+This script trains, per seed:
+
+- ``baseline-e<N>``: the reference U-Net for ``--epochs`` N, the fair
+  reference for the longer Sauron run (a 30-epoch baseline would flatter it);
+- ``sauron-e<N>``: Sauron for N epochs, every other setting as in
+  ``pruning.py`` (lambda 0.5, thresholds 0.001 -> 0.3 one step per epoch);
+- ``sauron-tau<T>``: Sauron for the baseline's 30 epochs with the threshold
+  ceiling raised from the paper's 0.3 to ``--tau-max`` T (a departure from
+  the paper: a channel is dropped when its map is within T of the reference).
+
+It reports each next to the 30-epoch rows recorded by ``pruning.py`` (the
+baseline and Sauron of the same seed, from ``pruning.json``): test Dice and
+its drop against the baseline of the same epochs, FLOPs and parameters kept,
+training time, the epoch the thresholds reached their ceiling. Prints a
+table, writes ``sauron-budget.json`` (per-epoch FLOPs and validation Dice
+included) and a plot of the FLOPs kept per epoch. Finished runs are reused.
+
+    python benchmarks/sauron_budget.py --dataset kvasir --seeds 0 --epochs 60 --tau-max 0.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _merge import earlier_report, merged_rows  # noqa: E402
+from _plots import finish  # noqa: E402
+from pruning import CONFIGS, trained_variant  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", choices=list(CONFIGS), default="kvasir")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--epochs", type=int, default=60, help="the longer budget, for the baseline and Sauron")
+    p.add_argument("--tau-max", type=float, default=0.5, help="the raised threshold ceiling (paper: 0.3)")
+    p.add_argument("--sauron-patience", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--data", help="folder holding kvasir-seg/ and hippocampus/")
+    p.add_argument("--runs", default="benchmarks/runs")
+    p.add_argument("--recorded", default="benchmarks/results/pruning.json",
+                   help="pruning.py's JSON, for the 30-epoch baseline and Sauron rows")
+    p.add_argument("--out", default="benchmarks/results/sauron-budget.json")
+    p.add_argument("--report-only", action="store_true", help="train nothing: report the finished runs")
+    p.add_argument("--full-size", action="store_true", help="Kvasir-SEG at 256x256 (for GPUs)")
+    args = p.parse_args(argv)
+    if args.epochs < 1:
+        p.error(f"--epochs must be at least 1, got {args.epochs}")
+    if not 0.001 <= args.tau_max <= 1:
+        p.error(f"--tau-max must lie in [0.001, 1], got {args.tau_max}")
+    return args
+
+
+def tau_tag(tau_max: float) -> str:
+    return f"tau{tau_max:g}".replace(".", "")
+
+
+def variants(dataset: str, seed: int, args) -> dict[str, list[str]]:
+    """Run name -> config overrides, for the three trainings of one seed."""
+    sauron = ["prune.method=sauron", "prune.lam=0.5", f"prune.patience={args.sauron_patience}",
+              "prune.plateau=false"]
+    return {f"baseline-e{args.epochs}-{dataset}-s{seed}": [f"train.epochs={args.epochs}"],
+            f"sauron-e{args.epochs}-{dataset}-s{seed}": [*sauron, f"train.epochs={args.epochs}"],
+            f"sauron-{tau_tag(args.tau_max)}-{dataset}-s{seed}": [*sauron, f"prune.tau_max={args.tau_max}"]}
+
+
+def row(run: Path) -> dict:
+    from medslim.jobs import read_run_config
+
+    results = json.loads((run / "results.json").read_text())
+    cfg = read_run_config(run)
+    out = {"run": run.name, "seed": cfg["seed"], "epochs": cfg["train"]["epochs"],
+           "tau_max": cfg["prune"].get("tau_max", 0.3) if cfg["prune"].get("method") else None,
+           "dice": results["test"]["dice"], "dice_per_class": results["test"]["dice_per_class"],
+           "hd95": results["test"].get("hd95"), "params": results["params"], "flops": results["flops"],
+           "train_seconds": round(results["train_seconds"], 1)}
+    if cfg["prune"].get("method") == "sauron":
+        out["per_epoch"] = per_epoch(run)
+    return out
+
+
+def per_epoch(run: Path) -> list[dict]:
+    out = []
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        out.append({"epoch": rec["epoch"], "flops": rec["sauron"]["flops"], "params": rec["sauron"]["params"],
+                    "val_dice": rec.get("val", {}).get("dice"), "seconds": rec["epoch_seconds"],
+                    "tau_median": statistics.median(rec["sauron"]["tau"].values())})
+    return out
+
+
+def recorded_rows(dataset: str, seed: int, path: Path) -> list[dict]:
+    """The 30-epoch baseline and Sauron of this seed from pruning.py's JSON (its run folders may be gone)."""
+    report = earlier_report(path).get(dataset, {})
+    wanted = {f"baseline-{dataset}-s{seed}": None, f"sauron-{dataset}-s{seed}": 0.3}
+    out = []
+    for r in report.get("rows", []):
+        if r["run"] in wanted:
+            out.append({"run": r["run"], "seed": seed, "epochs": 30, "tau_max": wanted[r["run"]],
+                        "dice": r["dice"], "dice_per_class": r["dice_per_class"], "hd95": r["hd95"],
+                        "params": r["params"], "flops": r["flops"], "train_seconds": r["train_seconds"]})
+            if r["method"] == "sauron" and f"sauron-s{seed}" in report.get("sauron_epochs", {}):
+                out[-1]["per_epoch"] = report["sauron_epochs"][f"sauron-s{seed}"]
+    return sorted(out, key=lambda r: not r["run"].startswith("baseline-"))
+
+
+def with_drops(rows: list[dict]) -> list[dict]:
+    """FLOPs kept against the full U-Net, Dice drop against the baseline trained for the same epochs."""
+    full = next((r["flops"] for r in rows if r["run"].startswith("baseline-")), None)
+    for r in rows:
+        base = next((b for b in rows if b["run"].startswith("baseline-") and b["epochs"] == r["epochs"]), None)
+        r["flops_kept"] = r["flops"] / full if full else None
+        r["drop_points"] = 100 * (base["dice"] - r["dice"]) if base else None
+        curve = r.get("per_epoch")
+        if curve and r["tau_max"] is not None:
+            r["ceiling_epoch"] = next((e["epoch"] for e in curve if e["tau_median"] >= r["tau_max"] - 1e-9), None)
+    return rows
+
+
+def print_table(dataset: str, rows: list[dict]) -> None:
+    print(f"\n{dataset}: Sauron against its budget (drop: against the baseline of the same epochs)")
+    head = (f"{'run':28s} {'epochs':>6s} {'tau_max':>7s} {'Dice':>6s} {'drop':>6s} {'FLOPs%':>7s} "
+            f"{'params':>9s} {'train s':>8s} {'ceiling':>7s}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        fmt = lambda v, spec: format(v, spec) if v is not None else format("-", f">{spec[0]}")  # noqa: E731
+        print(f"{r['run']:28s} {r['epochs']:6d} {fmt(r['tau_max'], '7.2f')} {r['dice']:6.3f} "
+              f"{fmt(r['drop_points'], '6.1f')} {fmt(100 * r['flops_kept'] if r['flops_kept'] else None, '7.1f')} "
+              f"{r['params']:9d} {r['train_seconds']:8.0f} {fmt(r.get('ceiling_epoch'), '7d')}")
+
+
+def plot(dataset: str, rows: list[dict], folder: Path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for r in rows:
+        curve = r.get("per_epoch")
+        if curve:
+            ax.plot([e["epoch"] for e in curve], [100 * e["flops"] / curve[0]["flops"] for e in curve],
+                    marker=".", label=f"{r['run']} (Dice {r['dice']:.3f})")
+    ax.axhline(10, color="grey", linestyle=":", label="the paper's 90 % reduction")
+    return finish(fig, ax, folder / f"sauron-budget-{dataset}.png", title=f"{dataset}: Sauron's FLOPs against its budget",
+                  xlabel="epoch", ylabel="FLOPs kept after the epoch (%)", legend_size=7)
+
+
+def main(argv=None) -> int:
+    from medslim._io import write_json
+    from medslim.cost.report import environment
+
+    args = parse_args(argv)
+    out = Path(args.out)
+    rows = []
+    for seed in args.seeds:
+        runs = [trained_variant(args.dataset, seed, name, args, overrides)
+                for name, overrides in variants(args.dataset, seed, args).items()]
+        fresh = [row(r) for r in runs if (r / "results.json").exists()]
+        rows += with_drops(recorded_rows(args.dataset, seed, Path(args.recorded)) + fresh)
+    if not rows:
+        raise SystemExit("no finished runs to report; train them first (run without --report-only)")
+    print_table(args.dataset, rows)
+    report = earlier_report(out)
+    merged = merged_rows(report.get(args.dataset, {}).get("rows", []), rows)
+    report[args.dataset] = {"rows": merged, "plot": plot(args.dataset, merged, out.parent)}
+    report["environment"] = environment()
+    write_json(out, report)
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

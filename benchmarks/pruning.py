@@ -9,7 +9,8 @@ training settings of the baseline configs (``kvasir-unet``,
   epoch count (the threshold schedule is compressed to that budget:
   ``--sauron-patience``, ``--sauron-plateau``; see docs/pruning.md);
 - post-hoc methods on the trained baseline, each to the FLOPs Sauron reached
-  and to ``--levels`` of the baseline FLOPs, then fine-tuned
+  (from its run, or from its row in the earlier JSON when ``sauron`` is not
+  in ``--methods``) and to ``--levels`` of the baseline FLOPs, then fine-tuned
   ``--finetune-epochs`` epochs at the learning rate / 10: ``taylor_gn``
   (iterative, one fine-tuning epoch per step), ``l1``, ``fpgm``, ``hrank``,
   ``slimming`` (the affine instance-norm scales of the baseline, which was

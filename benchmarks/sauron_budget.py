@@ -20,6 +20,7 @@ table, writes ``sauron-budget.json`` (per-epoch FLOPs and validation Dice
 included) and a plot of the FLOPs kept per epoch. Finished runs are reused.
 
     python benchmarks/sauron_budget.py --dataset kvasir --seeds 0 --epochs 60 --tau-max 0.5
+    python benchmarks/sauron_budget.py --dataset kvasir --seeds 1 2 --variants ceiling --tau-max 0.5
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ def parse_args(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--epochs", type=int, default=60, help="the longer budget, for the baseline and Sauron")
     p.add_argument("--tau-max", type=float, default=0.5, help="the raised threshold ceiling (paper: 0.3)")
+    p.add_argument("--variants", nargs="+", choices=["longer", "ceiling"], default=["longer", "ceiling"],
+                   help="longer: baseline-e<N> and sauron-e<N>; ceiling: sauron-tau<T>")
     p.add_argument("--sauron-patience", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data", help="folder holding kvasir-seg/ and hippocampus/")
@@ -67,9 +70,13 @@ def variants(dataset: str, seed: int, args) -> dict[str, list[str]]:
     """Run name -> config overrides, for the three trainings of one seed."""
     sauron = ["prune.method=sauron", "prune.lam=0.5", f"prune.patience={args.sauron_patience}",
               "prune.plateau=false"]
-    return {f"baseline-e{args.epochs}-{dataset}-s{seed}": [f"train.epochs={args.epochs}"],
-            f"sauron-e{args.epochs}-{dataset}-s{seed}": [*sauron, f"train.epochs={args.epochs}"],
-            f"sauron-{tau_tag(args.tau_max)}-{dataset}-s{seed}": [*sauron, f"prune.tau_max={args.tau_max}"]}
+    out = {}
+    if "longer" in args.variants:
+        out[f"baseline-e{args.epochs}-{dataset}-s{seed}"] = [f"train.epochs={args.epochs}"]
+        out[f"sauron-e{args.epochs}-{dataset}-s{seed}"] = [*sauron, f"train.epochs={args.epochs}"]
+    if "ceiling" in args.variants:
+        out[f"sauron-{tau_tag(args.tau_max)}-{dataset}-s{seed}"] = [*sauron, f"prune.tau_max={args.tau_max}"]
+    return out
 
 
 def row(run: Path) -> dict:

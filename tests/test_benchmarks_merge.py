@@ -118,6 +118,8 @@ def test_sauron_budget_names_its_runs_by_what_differs_from_the_paper():
     assert "train.epochs=60" in runs["sauron-e60-kvasir-s0"]
     assert "prune.tau_max=0.5" in runs["sauron-tau05-kvasir-s0"]
     assert not any(o.startswith("prune.") for o in runs["baseline-e60-kvasir-s0"])
+    only = sauron_budget.variants("kvasir", 1, sauron_budget.parse_args(["--variants", "ceiling", "--tau-max", "0.45"]))
+    assert list(only) == ["sauron-tau045-kvasir-s1"]
     for bad in (["--epochs", "0"], ["--tau-max", "2"]):
         with pytest.raises(SystemExit):
             sauron_budget.parse_args(bad)

@@ -8,7 +8,7 @@ This script trains, per seed:
   reference for the longer Sauron run (a 30-epoch baseline would flatter it);
 - ``sauron-e<N>``: Sauron for N epochs, every other setting as in
   ``pruning.py`` (lambda 0.5, thresholds 0.001 -> 0.3 one step per epoch);
-- ``sauron-tau<T>``: Sauron for the baseline's 30 epochs with the threshold
+- ``sauron-tau<T>``: Sauron for the baseline's epochs (30) with the threshold
   ceiling raised from the paper's 0.3 to ``--tau-max`` T (a departure from
   the paper: a channel is dropped when its map is within T of the reference).
 
@@ -106,12 +106,15 @@ def per_epoch(run: Path) -> list[dict]:
 
 def recorded_rows(dataset: str, seed: int, path: Path) -> list[dict]:
     """The 30-epoch baseline and Sauron of this seed from pruning.py's JSON (its run folders may be gone)."""
+    from medslim.config import load_config
+
+    epochs = load_config(CONFIGS[dataset])["train"]["epochs"]
     report = earlier_report(path).get(dataset, {})
     wanted = {f"baseline-{dataset}-s{seed}": None, f"sauron-{dataset}-s{seed}": 0.3}
     out = []
     for r in report.get("rows", []):
         if r["run"] in wanted:
-            out.append({"run": r["run"], "seed": seed, "epochs": 30, "tau_max": wanted[r["run"]],
+            out.append({"run": r["run"], "seed": seed, "epochs": epochs, "tau_max": wanted[r["run"]],
                         "dice": r["dice"], "dice_per_class": r["dice_per_class"], "hd95": r["hd95"],
                         "params": r["params"], "flops": r["flops"], "train_seconds": r["train_seconds"]})
             if r["method"] == "sauron" and f"sauron-s{seed}" in report.get("sauron_epochs", {}):

@@ -51,6 +51,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _cli import exit_code  # noqa: E402
 from _merge import earlier_report, merged_rows  # noqa: E402
 from _plots import finish  # noqa: E402
 
@@ -530,4 +531,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_code(main))

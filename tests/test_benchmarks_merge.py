@@ -138,3 +138,16 @@ def test_sauron_budget_measures_each_drop_against_the_baseline_of_the_same_epoch
     assert out["sauron-e60-kvasir-s0"]["drop_points"] == pytest.approx(3.0)  # not 0.0 against the 30-epoch one
     assert out["sauron-e60-kvasir-s0"]["flops_kept"] == pytest.approx(0.2)
     assert out["sauron-kvasir-s0"]["ceiling_epoch"] == 2
+
+
+def test_a_benchmark_ends_on_medslim_errors_with_one_line_and_code_2(capsys):
+    import _cli
+
+    from medslim.errors import DataError
+
+    def bad():
+        raise DataError("--data /nowhere: no such folder")
+
+    assert _cli.exit_code(bad) == 2
+    assert "--data /nowhere: no such folder" in capsys.readouterr().err
+    assert _cli.exit_code(lambda: 0) == 0

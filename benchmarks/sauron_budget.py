@@ -10,7 +10,13 @@ This script trains, per seed:
   ``pruning.py`` (lambda 0.5, thresholds 0.001 -> 0.3 one step per epoch);
 - ``sauron-tau<T>``: Sauron for the baseline's epochs (30) with the threshold
   ceiling raised from the paper's 0.3 to ``--tau-max`` T (a departure from
-  the paper: a channel is dropped when its map is within T of the reference).
+  the paper: a channel is dropped when its map is within T of the reference);
+- ``sauron-e<N>-tau<T>``: both at once, N epochs with the ceiling T, against
+  ``baseline-e<N>`` (taken from the earlier report when its folder is gone).
+
+``--settle K`` stops Sauron's pruning K epochs before the end (``prune.stop_after``):
+the last K epochs train the final network without the regulariser; the
+Sauron runs' names end in ``-settle<K>``.
 
 It reports each next to the 30-epoch rows recorded by ``pruning.py`` (the
 baseline and Sauron of the same seed, from ``pruning.json``): test Dice and
@@ -21,6 +27,7 @@ included) and a plot of the FLOPs kept per epoch. Finished runs are reused.
 
     python benchmarks/sauron_budget.py --dataset kvasir --seeds 0 --epochs 60 --tau-max 0.5
     python benchmarks/sauron_budget.py --dataset kvasir --seeds 1 2 --variants ceiling --tau-max 0.5
+    python benchmarks/sauron_budget.py --dataset kvasir --seeds 0 --variants both --epochs 60 --tau-max 0.5
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _cli import exit_code  # noqa: E402
 from _merge import earlier_report, merged_rows  # noqa: E402
 from _plots import finish  # noqa: E402
-from pruning import CONFIGS, trained_variant  # noqa: E402
+from pruning import CONFIGS, sauron_step_times, trained_variant  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -44,8 +51,10 @@ def parse_args(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--epochs", type=int, default=60, help="the longer budget, for the baseline and Sauron")
     p.add_argument("--tau-max", type=float, default=0.5, help="the raised threshold ceiling (paper: 0.3)")
-    p.add_argument("--variants", nargs="+", choices=["longer", "ceiling"], default=["longer", "ceiling"],
-                   help="longer: baseline-e<N> and sauron-e<N>; ceiling: sauron-tau<T>")
+    p.add_argument("--variants", nargs="+", choices=["longer", "ceiling", "both"], default=["longer", "ceiling"],
+                   help="longer: baseline-e<N> and sauron-e<N>; ceiling: sauron-tau<T>; both: sauron-e<N>-tau<T>")
+    p.add_argument("--settle", type=int, default=0,
+                   help="Sauron's last K epochs train without pruning or regulariser (prune.stop_after)")
     p.add_argument("--sauron-patience", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data", help="folder holding kvasir-seg/ and hippocampus/")
@@ -54,10 +63,15 @@ def parse_args(argv=None):
                    help="pruning.py's JSON, for the 30-epoch baseline and Sauron rows")
     p.add_argument("--out", default="benchmarks/results/sauron-budget.json")
     p.add_argument("--report-only", action="store_true", help="train nothing: report the finished runs")
+    p.add_argument("--step-times", action="store_true",
+                   help="time training steps of each Sauron run's first and last network back to back "
+                        "(as pruning.py does; on an idle machine)")
     p.add_argument("--full-size", action="store_true", help="Kvasir-SEG at 256x256 (for GPUs)")
     args = p.parse_args(argv)
     if args.epochs < 1:
         p.error(f"--epochs must be at least 1, got {args.epochs}")
+    if not 0 <= args.settle < args.epochs:
+        p.error(f"--settle must lie in [0, --epochs), got {args.settle}")
     if not 0.001 <= args.tau_max <= 1:
         p.error(f"--tau-max must lie in [0.001, 1], got {args.tau_max}")
     return args
@@ -68,19 +82,34 @@ def tau_tag(tau_max: float) -> str:
 
 
 def variants(dataset: str, seed: int, args) -> dict[str, list[str]]:
-    """Run name -> config overrides, for the three trainings of one seed."""
+    """Run name -> config overrides, for the trainings of one seed."""
+    from medslim.config import load_config
+
     sauron = ["prune.method=sauron", "prune.lam=0.5", f"prune.patience={args.sauron_patience}",
               "prune.plateau=false"]
+    short = load_config(CONFIGS[dataset])["train"]["epochs"]
+
+    def settled(name: str, epochs: int) -> tuple[str, list[str]]:
+        if not args.settle:
+            return name, []
+        return f"{name}-settle{args.settle}", [f"prune.stop_after={epochs - args.settle}"]
+
     out = {}
     if "longer" in args.variants:
         out[f"baseline-e{args.epochs}-{dataset}-s{seed}"] = [f"train.epochs={args.epochs}"]
-        out[f"sauron-e{args.epochs}-{dataset}-s{seed}"] = [*sauron, f"train.epochs={args.epochs}"]
+        name, extra = settled(f"sauron-e{args.epochs}", args.epochs)
+        out[f"{name}-{dataset}-s{seed}"] = [*sauron, f"train.epochs={args.epochs}", *extra]
     if "ceiling" in args.variants:
-        out[f"sauron-{tau_tag(args.tau_max)}-{dataset}-s{seed}"] = [*sauron, f"prune.tau_max={args.tau_max}"]
+        name, extra = settled(f"sauron-{tau_tag(args.tau_max)}", short)
+        out[f"{name}-{dataset}-s{seed}"] = [*sauron, f"prune.tau_max={args.tau_max}", *extra]
+    if "both" in args.variants:
+        name, extra = settled(f"sauron-e{args.epochs}-{tau_tag(args.tau_max)}", args.epochs)
+        out[f"{name}-{dataset}-s{seed}"] = [*sauron, f"train.epochs={args.epochs}",
+                                            f"prune.tau_max={args.tau_max}", *extra]
     return out
 
 
-def row(run: Path) -> dict:
+def row(run: Path, args) -> dict:
     from medslim.jobs import read_run_config
 
     results = json.loads((run / "results.json").read_text())
@@ -92,6 +121,8 @@ def row(run: Path) -> dict:
            "train_seconds": round(results["train_seconds"], 1)}
     if cfg["prune"].get("method") == "sauron":
         out["per_epoch"] = per_epoch(run)
+        if args.step_times:
+            out["step_times"] = sauron_step_times(run, args.threads)
     return out
 
 
@@ -123,6 +154,13 @@ def recorded_rows(dataset: str, seed: int, path: Path) -> list[dict]:
     return sorted(out, key=lambda r: not r["run"].startswith("baseline-"))
 
 
+def earlier_rows(dataset: str, seed: int, path: Path, found: list[dict]) -> list[dict]:
+    """This seed's rows of an earlier report that were not found now (run folders are not kept)."""
+    have = {r["run"] for r in found}
+    return [r for r in earlier_report(path).get(dataset, {}).get("rows", [])
+            if r["seed"] == seed and r["run"] not in have]
+
+
 def with_drops(rows: list[dict]) -> list[dict]:
     """FLOPs kept against the full U-Net, Dice drop against the baseline trained for the same epochs."""
     full = next((r["flops"] for r in rows if r["run"].startswith("baseline-")), None)
@@ -140,13 +178,14 @@ def print_table(dataset: str, rows: list[dict]) -> None:
     print(f"\n{dataset}: Sauron against its budget (drop: against the baseline of the same epochs)")
     head = (f"{'run':28s} {'epochs':>6s} {'tau_max':>7s} {'Dice':>6s} {'drop':>6s} {'FLOPs%':>7s} "
             f"{'params':>9s} {'train s':>8s} {'ceiling':>7s}")
-    print(head)
-    print("-" * len(head))
+    print(head + f" {'step x':>6s}")
+    print("-" * (len(head) + 7))
     for r in rows:
         fmt = lambda v, spec: format(v, spec) if v is not None else format("-", f">{spec[0]}")  # noqa: E731
         print(f"{r['run']:28s} {r['epochs']:6d} {fmt(r['tau_max'], '7.2f')} {r['dice']:6.3f} "
               f"{fmt(r['drop_points'], '6.1f')} {fmt(100 * r['flops_kept'] if r['flops_kept'] else None, '7.1f')} "
-              f"{r['params']:9d} {r['train_seconds']:8.0f} {fmt(r.get('ceiling_epoch'), '7d')}")
+              f"{r['params']:9d} {r['train_seconds']:8.0f} {fmt(r.get('ceiling_epoch'), '7d')} "
+              f"{fmt(r.get('step_times', {}).get('speedup'), '6.2f')}")
 
 
 def plot(dataset: str, rows: list[dict], folder: Path) -> str:
@@ -176,8 +215,9 @@ def main(argv=None) -> int:
     for seed in args.seeds:
         runs = [trained_variant(args.dataset, seed, name, args, overrides)
                 for name, overrides in variants(args.dataset, seed, args).items()]
-        fresh = [row(r) for r in runs if (r / "results.json").exists()]
-        rows += with_drops(recorded_rows(args.dataset, seed, Path(args.recorded)) + fresh)
+        found = recorded_rows(args.dataset, seed, Path(args.recorded)) + [
+            row(r, args) for r in runs if (r / "results.json").exists()]
+        rows += with_drops(found + earlier_rows(args.dataset, seed, out, found))
     if not rows:
         raise SystemExit("no finished runs to report; train them first (run without --report-only)")
     print_table(args.dataset, rows)

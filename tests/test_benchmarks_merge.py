@@ -1,5 +1,6 @@
 """Benchmarks add to their recorded JSON instead of replacing it (benchmarks/_merge.py)."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -120,7 +121,14 @@ def test_sauron_budget_names_its_runs_by_what_differs_from_the_paper():
     assert not any(o.startswith("prune.") for o in runs["baseline-e60-kvasir-s0"])
     only = sauron_budget.variants("kvasir", 1, sauron_budget.parse_args(["--variants", "ceiling", "--tau-max", "0.45"]))
     assert list(only) == ["sauron-tau045-kvasir-s1"]
-    for bad in (["--epochs", "0"], ["--tau-max", "2"]):
+    both = sauron_budget.variants("kvasir", 0, sauron_budget.parse_args(["--variants", "both", "--epochs", "60"]))
+    assert list(both) == ["sauron-e60-tau05-kvasir-s0"]
+    assert {"train.epochs=60", "prune.tau_max=0.5"} <= set(both["sauron-e60-tau05-kvasir-s0"])
+    settled = sauron_budget.variants("kvasir", 0, sauron_budget.parse_args(
+        ["--variants", "both", "ceiling", "--epochs", "60", "--settle", "15"]))
+    assert settled["sauron-e60-tau05-settle15-kvasir-s0"][-1] == "prune.stop_after=45"
+    assert settled["sauron-tau05-settle15-kvasir-s0"][-1] == "prune.stop_after=15"  # of the config's 30 epochs
+    for bad in (["--epochs", "0"], ["--tau-max", "2"], ["--epochs", "20", "--settle", "20"]):
         with pytest.raises(SystemExit):
             sauron_budget.parse_args(bad)
 
@@ -138,6 +146,22 @@ def test_sauron_budget_measures_each_drop_against_the_baseline_of_the_same_epoch
     assert out["sauron-e60-kvasir-s0"]["drop_points"] == pytest.approx(3.0)  # not 0.0 against the 30-epoch one
     assert out["sauron-e60-kvasir-s0"]["flops_kept"] == pytest.approx(0.2)
     assert out["sauron-kvasir-s0"]["ceiling_epoch"] == 2
+
+
+def test_sauron_budget_reuses_this_seeds_earlier_rows_whose_runs_are_gone(tmp_path):
+    import sauron_budget
+
+    earlier = tmp_path / "sauron-budget.json"
+    earlier.write_text(json.dumps({"kvasir": {"rows": [
+        {"run": "baseline-e60-kvasir-s0", "seed": 0, "epochs": 60, "tau_max": None, "dice": 0.82, "flops": 100},
+        {"run": "baseline-e60-kvasir-s1", "seed": 1, "epochs": 60, "tau_max": None, "dice": 0.70, "flops": 100},
+        {"run": "sauron-e60-tau05-kvasir-s0", "seed": 0, "epochs": 60, "tau_max": 0.5, "dice": 0.5, "flops": 9}]}}))
+    fresh = [{"run": "sauron-e60-tau05-kvasir-s0", "seed": 0, "epochs": 60, "tau_max": 0.5, "dice": 0.80, "flops": 10}]
+    reused = sauron_budget.earlier_rows("kvasir", 0, earlier, fresh)
+    assert [r["run"] for r in reused] == ["baseline-e60-kvasir-s0"]  # not seed 1's, not the stale Sauron row
+    out = {r["run"]: r for r in sauron_budget.with_drops(reused + fresh)}
+    assert out["sauron-e60-tau05-kvasir-s0"]["drop_points"] == pytest.approx(2.0)
+    assert sauron_budget.earlier_rows("kvasir", 0, tmp_path / "none.json", fresh) == []
 
 
 def test_a_benchmark_ends_on_medslim_errors_with_one_line_and_code_2(capsys):

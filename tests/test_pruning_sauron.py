@@ -83,6 +83,8 @@ def test_bad_options_are_refused_by_name():
         training_pruner("sauron", torch.zeros(1, 1, 8, 8), alpha=1)
     with pytest.raises(ConfigError, match="sauron"):
         training_pruner("sauronn", torch.zeros(1, 1, 8, 8))
+    with pytest.raises(ConfigError, match="stop_after"):
+        Sauron(torch.zeros(1, 1, 8, 8), stop_after=0)
 
 
 # ----------------------------------------------------------------------------- in a loop
@@ -146,6 +148,25 @@ def test_lambda_zero_adds_no_loss(one_thread):
     model(torch.randn(2, 1, 16, 16))
     assert hook.extra_loss() is None
     hook.close()
+
+
+def test_after_stop_after_the_network_only_trains(one_thread):
+    torch.manual_seed(0)
+    model = build_model({"name": "unet", "spatial_dims": 2, "in_channels": 1, "out_channels": 2,
+                         "channels": [8, 16, 32]})
+    shape = (2, 1, 32, 32)
+    hook = Sauron(torch.zeros(1, *shape[1:]), tau_init=0.7, tau_max=0.9, stop_after=1)
+    summary, _ = _train_steps(model, hook, shape, epochs=1)
+    assert summary["removed"] > 0  # epoch 1 still prunes
+    widths = dict(summary["widths"])
+    hook.begin(model)  # as on resume after epoch 1: nothing is measured any more
+    model.train()
+    model(torch.randn(*shape))
+    assert hook.extra_loss() is None and not hook._sums
+    opt = torch.optim.Adam(model.parameters())
+    summary = hook.end_epoch(model, opt, 2, 0.5, last=False)["sauron"]
+    hook.close()
+    assert summary["removed"] == 0 and summary["widths"] == widths
 
 
 @pytest.mark.slow

@@ -32,6 +32,9 @@ Choices where the paper and its code leave room (see docs/pruning.md):
 - the code's validation-loss condition can never be true as written and is
   left out; nothing is pruned after the last epoch, which would leave no
   training to recover.
+- ``stop_after`` (not in the paper) ends pruning early: the epochs after it
+  train the final network without the regulariser, a settling phase for
+  short budgets where channels are still being removed at the end.
 """
 
 from __future__ import annotations
@@ -109,6 +112,8 @@ class Sauron(TrainingHook):
         pool: average pooling before both distances (paper: 2).
         ignored, round_to: as for :class:`DependencyGraph`.
         seed: for the random reference channels.
+        stop_after: the last epoch that removes channels (default: every
+            epoch but the last); later epochs train without the regulariser.
 
     Example::
 
@@ -121,8 +126,10 @@ class Sauron(TrainingHook):
     def __init__(self, example_input: torch.Tensor, lam: float = 0.5, tau_init: float = 1e-3,
                  tau_max: float = 0.3, tau_steps: int = 15, patience: int = 5,
                  min_drop: float = 0.02, plateau: bool = True, pool: int = 2,
-                 ignored: Sequence = (), round_to: int = 1, seed: int = 0):
-        _check_options(lam, tau_init, tau_max, tau_steps, patience, min_drop, pool)
+                 ignored: Sequence = (), round_to: int = 1, seed: int = 0,
+                 stop_after: Optional[int] = None):
+        _check_options(lam, tau_init, tau_max, tau_steps, patience, min_drop, pool, stop_after)
+        self.stop_after = stop_after
         self.example_input = example_input
         self.lam, self.pool, self.seed = float(lam), int(pool), int(seed)
         self.ladder = torch.linspace(tau_init, tau_max, tau_steps + 1).tolist()
@@ -147,7 +154,8 @@ class Sauron(TrainingHook):
         for group in self._prunable():
             self.groups.setdefault(group.key, GroupState(tau=self.ladder[0]))
         self._new_epoch(self._epoch)
-        self._attach()
+        if not self._settling(self._epoch):
+            self._attach()
 
     def extra_loss(self) -> Optional[torch.Tensor]:
         terms, self._terms = self._terms, []
@@ -163,10 +171,16 @@ class Sauron(TrainingHook):
             state = self.groups[group.key]
             state.widths.append(group.size)
             self._update_tau(state)
-        removed = 0 if last else self._remove(model, optimizer, groups)
+        removed = 0 if last or self._settling(epoch - 1) else self._remove(model, optimizer, groups)
         self._epoch = epoch
         self._new_epoch(epoch)
+        if self._settling(epoch):
+            self.close()  # no more maps to measure: the regulariser and its cost end here
         return {"sauron": self._summary(model, removed)}
+
+    def _settling(self, epoch: int) -> bool:
+        """Whether epochs after ``epoch`` (1-based, 0 before training) only train."""
+        return self.stop_after is not None and epoch >= self.stop_after
 
     def close(self) -> None:
         for handle in self._handles:
@@ -299,13 +313,14 @@ class Sauron(TrainingHook):
                 "widths": widths, "tau": taus}
 
 
-def _check_options(lam, tau_init, tau_max, tau_steps, patience, min_drop, pool) -> None:
+def _check_options(lam, tau_init, tau_max, tau_steps, patience, min_drop, pool, stop_after) -> None:
     checks = [("lam", lam, lam >= 0), ("tau_init", tau_init, 0 <= tau_init < 1),
               ("tau_max", tau_max, tau_init <= tau_max <= 1),
               ("tau_steps", tau_steps, isinstance(tau_steps, int) and tau_steps >= 1),
               ("patience", patience, isinstance(patience, int) and patience >= 0),
               ("min_drop", min_drop, 0 <= min_drop <= 1),
-              ("pool", pool, isinstance(pool, int) and pool >= 1)]
+              ("pool", pool, isinstance(pool, int) and pool >= 1),
+              ("stop_after", stop_after, stop_after is None or (isinstance(stop_after, int) and stop_after >= 1))]
     for name, value, ok in checks:
         if not ok:
             raise ConfigError(f"sauron option {name}={value!r} is out of range")

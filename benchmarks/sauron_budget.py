@@ -81,13 +81,18 @@ def tau_tag(tau_max: float) -> str:
     return f"tau{tau_max:g}".replace(".", "")
 
 
-def variants(dataset: str, seed: int, args) -> dict[str, list[str]]:
-    """Run name -> config overrides, for the trainings of one seed."""
+def config_epochs(dataset: str) -> int:
+    """The epochs of the dataset's reference config (the budget pruning.py's rows were trained with)."""
     from medslim.config import load_config
 
+    return load_config(CONFIGS[dataset])["train"]["epochs"]
+
+
+def variants(dataset: str, seed: int, args) -> dict[str, list[str]]:
+    """Run name -> config overrides, for the trainings of one seed."""
     sauron = ["prune.method=sauron", "prune.lam=0.5", f"prune.patience={args.sauron_patience}",
               "prune.plateau=false"]
-    short = load_config(CONFIGS[dataset])["train"]["epochs"]
+    short = config_epochs(dataset)
 
     def settled(name: str, epochs: int) -> tuple[str, list[str]]:
         if not args.settle:
@@ -138,9 +143,7 @@ def per_epoch(run: Path) -> list[dict]:
 
 def recorded_rows(dataset: str, seed: int, path: Path) -> list[dict]:
     """The 30-epoch baseline and Sauron of this seed from pruning.py's JSON (its run folders may be gone)."""
-    from medslim.config import load_config
-
-    epochs = load_config(CONFIGS[dataset])["train"]["epochs"]
+    epochs = config_epochs(dataset)
     report = earlier_report(path).get(dataset, {})
     wanted = {f"baseline-{dataset}-s{seed}": None, f"sauron-{dataset}-s{seed}": 0.3}
     out = []
@@ -155,10 +158,18 @@ def recorded_rows(dataset: str, seed: int, path: Path) -> list[dict]:
 
 
 def earlier_rows(dataset: str, seed: int, path: Path, found: list[dict]) -> list[dict]:
-    """This seed's rows of an earlier report that were not found now (run folders are not kept)."""
-    have = {r["run"] for r in found}
-    return [r for r in earlier_report(path).get(dataset, {}).get("rows", [])
-            if r["seed"] == seed and r["run"] not in have]
+    """This seed's rows of an earlier report that were not found now (run folders are not kept).
+
+    A run found again keeps its earlier step timing when this report does not
+    time it and the network is the same one (same FLOPs, parameters and Dice).
+    """
+    before = {r["run"]: r for r in earlier_report(path).get(dataset, {}).get("rows", []) if r["seed"] == seed}
+    for r in found:
+        old = before.pop(r["run"], None)
+        same = old and all(old.get(k) == r[k] for k in ("flops", "params", "dice"))
+        if same and "step_times" in old and "step_times" not in r:
+            r["step_times"] = old["step_times"]
+    return list(before.values())
 
 
 def with_drops(rows: list[dict]) -> list[dict]:
@@ -176,13 +187,13 @@ def with_drops(rows: list[dict]) -> list[dict]:
 
 def print_table(dataset: str, rows: list[dict]) -> None:
     print(f"\n{dataset}: Sauron against its budget (drop: against the baseline of the same epochs)")
-    head = (f"{'run':28s} {'epochs':>6s} {'tau_max':>7s} {'Dice':>6s} {'drop':>6s} {'FLOPs%':>7s} "
+    head = (f"{'run':36s} {'epochs':>6s} {'tau_max':>7s} {'Dice':>6s} {'drop':>6s} {'FLOPs%':>7s} "
             f"{'params':>9s} {'train s':>8s} {'ceiling':>7s}")
     print(head + f" {'step x':>6s}")
     print("-" * (len(head) + 7))
     for r in rows:
         fmt = lambda v, spec: format(v, spec) if v is not None else format("-", f">{spec[0]}")  # noqa: E731
-        print(f"{r['run']:28s} {r['epochs']:6d} {fmt(r['tau_max'], '7.2f')} {r['dice']:6.3f} "
+        print(f"{r['run']:36s} {r['epochs']:6d} {fmt(r['tau_max'], '7.2f')} {r['dice']:6.3f} "
               f"{fmt(r['drop_points'], '6.1f')} {fmt(100 * r['flops_kept'] if r['flops_kept'] else None, '7.1f')} "
               f"{r['params']:9d} {r['train_seconds']:8.0f} {fmt(r.get('ceiling_epoch'), '7d')} "
               f"{fmt(r.get('step_times', {}).get('speedup'), '6.2f')}")

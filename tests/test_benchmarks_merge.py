@@ -155,10 +155,18 @@ def test_sauron_budget_reuses_this_seeds_earlier_rows_whose_runs_are_gone(tmp_pa
     earlier.write_text(json.dumps({"kvasir": {"rows": [
         {"run": "baseline-e60-kvasir-s0", "seed": 0, "epochs": 60, "tau_max": None, "dice": 0.82, "flops": 100},
         {"run": "baseline-e60-kvasir-s1", "seed": 1, "epochs": 60, "tau_max": None, "dice": 0.70, "flops": 100},
-        {"run": "sauron-e60-tau05-kvasir-s0", "seed": 0, "epochs": 60, "tau_max": 0.5, "dice": 0.5, "flops": 9}]}}))
-    fresh = [{"run": "sauron-e60-tau05-kvasir-s0", "seed": 0, "epochs": 60, "tau_max": 0.5, "dice": 0.80, "flops": 10}]
+        {"run": "sauron-e60-tau05-kvasir-s0", "seed": 0, "epochs": 60, "tau_max": 0.5, "dice": 0.5, "flops": 9,
+         "params": 5, "step_times": {"speedup": 9.9}},
+        {"run": "sauron-tau05-kvasir-s0", "seed": 0, "epochs": 30, "tau_max": 0.5, "dice": 0.7, "flops": 20,
+         "params": 7, "step_times": {"speedup": 2.5}}]}}))
+    fresh = [{"run": "sauron-e60-tau05-kvasir-s0", "seed": 0, "epochs": 60, "tau_max": 0.5, "dice": 0.80, "flops": 10,
+              "params": 6},
+             {"run": "sauron-tau05-kvasir-s0", "seed": 0, "epochs": 30, "tau_max": 0.5, "dice": 0.7, "flops": 20,
+              "params": 7}]
     reused = sauron_budget.earlier_rows("kvasir", 0, earlier, fresh)
     assert [r["run"] for r in reused] == ["baseline-e60-kvasir-s0"]  # not seed 1's, not the stale Sauron row
+    assert "step_times" not in fresh[0]  # a different network: its old timing is not carried over
+    assert fresh[1]["step_times"] == {"speedup": 2.5}  # the same network, not timed again
     out = {r["run"]: r for r in sauron_budget.with_drops(reused + fresh)}
     assert out["sauron-e60-tau05-kvasir-s0"]["drop_points"] == pytest.approx(2.0)
     assert sauron_budget.earlier_rows("kvasir", 0, tmp_path / "none.json", fresh) == []

@@ -37,10 +37,10 @@ def head_input_layers(model, example) -> list[str]:
 
 
 def sauron_ratio(runs: Path, dataset: str, seed: int) -> float:
-    from pruning import _size
+    from pruning import model_size
 
     sauron = json.loads((runs / f"sauron-{dataset}-s{seed}" / "results.json").read_text())
-    return sauron["flops"] / _size(runs / f"baseline-{dataset}-s{seed}")["flops"]
+    return sauron["flops"] / model_size(runs / f"baseline-{dataset}-s{seed}")["flops"]
 
 
 def one_row(run: Path) -> dict:

@@ -207,7 +207,7 @@ def row(run: Path, kind: str, base_seconds: float | None = None) -> dict:
                     "onnx_ms": {t: v["median_ms"] for t, v in (cost["onnx_latency"] or {}).items()},
                     "torch_ms": {t: v["median_ms"] for t, v in cost["torch_latency"].items()}})
     else:
-        out.update(_size(run))
+        out.update(model_size(run))
     return out
 
 
@@ -215,7 +215,7 @@ def _train_seconds(run: Path) -> float:
     return json.loads((run / "results.json").read_text())["train_seconds"]
 
 
-def _size(run: Path) -> dict:
+def model_size(run: Path) -> dict:
     import torch
 
     from medslim.artifacts import load
@@ -257,7 +257,7 @@ def run_dataset(dataset: str, seed: int, args, recorded: list[dict] = ()) -> tup
             runs.append((run, method))
             epochs[method] = sauron_epochs(run)
             if method == "sauron":
-                base_flops = base_row["flops"] if base_row else _size(base)["flops"]
+                base_flops = base_row["flops"] if base_row else model_size(base)["flops"]
                 sauron_ratio = json.loads((run / "results.json").read_text())["flops"] / base_flops
     if sauron_ratio is None:
         sauron_ratio = recorded_sauron_ratio(dataset, seed, recorded)

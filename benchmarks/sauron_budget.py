@@ -12,11 +12,15 @@ This script trains, per seed:
   ceiling raised from the paper's 0.3 to ``--tau-max`` T (a departure from
   the paper: a channel is dropped when its map is within T of the reference);
 - ``sauron-e<N>-tau<T>``: both at once, N epochs with the ceiling T, against
-  ``baseline-e<N>`` (taken from the earlier report when its folder is gone).
+  ``baseline-e<N>`` (taken from the earlier report when its folder is gone;
+  ``--variants baseline`` trains that baseline alone, beside the Sauron run);
+- ``uniform-e<N>-tau<T>``: the uniform-width network (every layer of
+  ``baseline-e<N>`` cut by the same fraction) at the FLOPs the ``both`` run
+  reached, trained from scratch for N epochs: the equal-FLOPs rival.
 
 ``--settle K`` stops Sauron's pruning K epochs before the end (``prune.stop_after``):
 the last K epochs train the final network without the regulariser; the
-Sauron runs' names end in ``-settle<K>``.
+Sauron and uniform runs' names end in ``-settle<K>``.
 
 It reports each next to the 30-epoch rows recorded by ``pruning.py`` (the
 baseline and Sauron of the same seed, from ``pruning.json``): test Dice and
@@ -28,6 +32,8 @@ included) and a plot of the FLOPs kept per epoch. Finished runs are reused.
     python benchmarks/sauron_budget.py --dataset kvasir --seeds 0 --epochs 60 --tau-max 0.5
     python benchmarks/sauron_budget.py --dataset kvasir --seeds 1 2 --variants ceiling --tau-max 0.5
     python benchmarks/sauron_budget.py --dataset kvasir --seeds 0 --variants both --epochs 60 --tau-max 0.5
+    python benchmarks/sauron_budget.py --dataset kvasir --seeds 0 --variants baseline --epochs 60
+    python benchmarks/sauron_budget.py --dataset kvasir --seeds 0 --variants uniform --epochs 60 --tau-max 0.5
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from _cli import exit_code  # noqa: E402
 from _merge import earlier_report, merged_rows  # noqa: E402
 from _plots import finish  # noqa: E402
 from pruning import CONFIGS, sauron_step_times, trained_variant  # noqa: E402
+from pruning import model_size  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -51,8 +58,12 @@ def parse_args(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--epochs", type=int, default=60, help="the longer budget, for the baseline and Sauron")
     p.add_argument("--tau-max", type=float, default=0.5, help="the raised threshold ceiling (paper: 0.3)")
-    p.add_argument("--variants", nargs="+", choices=["longer", "ceiling", "both"], default=["longer", "ceiling"],
-                   help="longer: baseline-e<N> and sauron-e<N>; ceiling: sauron-tau<T>; both: sauron-e<N>-tau<T>")
+    p.add_argument("--variants", nargs="+", choices=["longer", "ceiling", "both", "baseline", "uniform"],
+                   default=["longer", "ceiling"],
+                   help="longer: baseline-e<N> and sauron-e<N>; ceiling: sauron-tau<T>; both: sauron-e<N>-tau<T>; "
+                        "baseline: baseline-e<N> alone (the reference for 'both', trainable in parallel); "
+                        "uniform: baseline-e<N> cut evenly to the FLOPs of 'both' and trained from scratch "
+                        "for N epochs (needs both runs finished)")
     p.add_argument("--settle", type=int, default=0,
                    help="Sauron's last K epochs train without pruning or regulariser (prune.stop_after)")
     p.add_argument("--sauron-patience", type=int, default=0)
@@ -95,23 +106,56 @@ def variants(dataset: str, seed: int, args) -> dict[str, list[str]]:
     short = config_epochs(dataset)
 
     def settled(name: str, epochs: int) -> tuple[str, list[str]]:
-        if not args.settle:
-            return name, []
-        return f"{name}-settle{args.settle}", [f"prune.stop_after={epochs - args.settle}"]
+        return (f"{name}-settle{args.settle}" if args.settle else name), settled_after(args, epochs)
 
     out = {}
-    if "longer" in args.variants:
+    if {"longer", "baseline"} & set(args.variants):
         out[f"baseline-e{args.epochs}-{dataset}-s{seed}"] = [f"train.epochs={args.epochs}"]
+    if "longer" in args.variants:
         name, extra = settled(f"sauron-e{args.epochs}", args.epochs)
         out[f"{name}-{dataset}-s{seed}"] = [*sauron, f"train.epochs={args.epochs}", *extra]
     if "ceiling" in args.variants:
         name, extra = settled(f"sauron-{tau_tag(args.tau_max)}", short)
         out[f"{name}-{dataset}-s{seed}"] = [*sauron, f"prune.tau_max={args.tau_max}", *extra]
     if "both" in args.variants:
-        name, extra = settled(f"sauron-e{args.epochs}-{tau_tag(args.tau_max)}", args.epochs)
-        out[f"{name}-{dataset}-s{seed}"] = [*sauron, f"train.epochs={args.epochs}",
-                                            f"prune.tau_max={args.tau_max}", *extra]
+        out[both_name(dataset, seed, args)] = [*sauron, f"train.epochs={args.epochs}",
+                                               f"prune.tau_max={args.tau_max}", *settled_after(args, args.epochs)]
     return out
+
+
+def settled_after(args, epochs: int) -> list[str]:
+    return [f"prune.stop_after={epochs - args.settle}"] if args.settle else []
+
+
+def both_name(dataset: str, seed: int, args) -> str:
+    settle = f"-settle{args.settle}" if args.settle else ""
+    return f"sauron-e{args.epochs}-{tau_tag(args.tau_max)}{settle}-{dataset}-s{seed}"
+
+
+def uniform_run(dataset: str, seed: int, args) -> Path:
+    """``uniform-<both>``: the uniform-width network at the FLOPs the 'both' Sauron run reached.
+
+    ``baseline-e<N>``'s architecture with every layer cut by the same
+    fraction, re-initialised and trained from scratch for the same epochs and
+    learning rate (``pruning.py``'s uniform row, at the longer budget): the
+    known rival of any pruning method at equal FLOPs.
+    """
+    from medslim.errors import ConfigError
+    from medslim.jobs import prune_run, read_run_config
+
+    sauron = Path(args.runs) / both_name(dataset, seed, args)
+    run = Path(args.runs) / sauron.name.replace("sauron-", "uniform-", 1)
+    if (run / "results.json").exists() or args.report_only:
+        return run
+    base = Path(args.runs) / f"baseline-e{args.epochs}-{dataset}-s{seed}"
+    missing = [str(r) for r in (base, sauron) if not (r / "results.json").exists()]
+    if missing:
+        raise ConfigError(f"--variants uniform needs the finished runs {', '.join(missing)}; "
+                          "train them first (--variants baseline both, the same --epochs/--tau-max/--settle)")
+    flops = [json.loads((r / "results.json").read_text())["flops"] for r in (sauron, base)]
+    return prune_run(base, "uniform", flops_ratio=flops[0] / flops[1], name=run.name, output=args.runs,
+                     finetune_epochs=args.epochs, finetune_lr=read_run_config(base)["train"]["lr"],
+                     data_path=args.data, progress=False, measure=False)
 
 
 def row(run: Path, args) -> dict:
@@ -119,11 +163,13 @@ def row(run: Path, args) -> dict:
 
     results = json.loads((run / "results.json").read_text())
     cfg = read_run_config(run)
+    trained = "train_seconds" in results  # else a prune_run folder (the uniform row): sizes from its model
+    size = {k: results[k] for k in ("params", "flops")} if trained else model_size(run)
     out = {"run": run.name, "seed": cfg["seed"], "epochs": cfg["train"]["epochs"],
            "tau_max": cfg["prune"].get("tau_max", 0.3) if cfg["prune"].get("method") else None,
            "dice": results["test"]["dice"], "dice_per_class": results["test"]["dice_per_class"],
-           "hd95": results["test"].get("hd95"), "params": results["params"], "flops": results["flops"],
-           "train_seconds": round(results["train_seconds"], 1)}
+           "hd95": results["test"].get("hd95"), **size,
+           "train_seconds": round(results["train_seconds"] if trained else results["prune_seconds"], 1)}
     if cfg["prune"].get("method") == "sauron":
         out["per_epoch"] = per_epoch(run)
         if args.step_times:
@@ -226,6 +272,8 @@ def main(argv=None) -> int:
     for seed in args.seeds:
         runs = [trained_variant(args.dataset, seed, name, args, overrides)
                 for name, overrides in variants(args.dataset, seed, args).items()]
+        if "uniform" in args.variants:
+            runs.append(uniform_run(args.dataset, seed, args))
         found = recorded_rows(args.dataset, seed, Path(args.recorded)) + [
             row(r, args) for r in runs if (r / "results.json").exists()]
         rows += with_drops(found + earlier_rows(args.dataset, seed, out, found))

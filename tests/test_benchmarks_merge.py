@@ -128,6 +128,8 @@ def test_sauron_budget_names_its_runs_by_what_differs_from_the_paper():
         ["--variants", "both", "ceiling", "--epochs", "60", "--settle", "15"]))
     assert settled["sauron-e60-tau05-settle15-kvasir-s0"][-1] == "prune.stop_after=45"
     assert settled["sauron-tau05-settle15-kvasir-s0"][-1] == "prune.stop_after=15"  # of the config's 30 epochs
+    alone = sauron_budget.variants("kvasir", 2, sauron_budget.parse_args(["--variants", "baseline", "--epochs", "60"]))
+    assert alone == {"baseline-e60-kvasir-s2": ["train.epochs=60"]}
     for bad in (["--epochs", "0"], ["--tau-max", "2"], ["--epochs", "20", "--settle", "20"]):
         with pytest.raises(SystemExit):
             sauron_budget.parse_args(bad)
@@ -183,3 +185,35 @@ def test_a_benchmark_ends_on_medslim_errors_with_one_line_and_code_2(capsys):
     assert _cli.exit_code(bad) == 2
     assert "--data /nowhere: no such folder" in capsys.readouterr().err
     assert _cli.exit_code(lambda: 0) == 0
+
+
+def test_sauron_budget_uniform_row_needs_its_two_runs_and_writes_nothing_without_them(tmp_path):
+    import sauron_budget
+    from medslim.errors import ConfigError
+
+    args = sauron_budget.parse_args(["--variants", "uniform", "--epochs", "60", "--settle", "15",
+                                     "--runs", str(tmp_path)])
+    with pytest.raises(ConfigError, match="baseline-e60-kvasir-s2.*sauron-e60-tau05-settle15-kvasir-s2"):
+        sauron_budget.uniform_run("kvasir", 2, args)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sauron_budget_reads_a_uniform_rows_size_from_its_model(tmp_path):
+    import sauron_budget
+    import torch
+
+    from medslim.artifacts import save
+    from medslim.cost import count_flops, count_params
+    from medslim.jobs import write_config
+    from medslim.models import build_model
+
+    run = tmp_path / "uniform-e60-tau05-settle15-kvasir-s2"  # a prune_run folder: no sizes in results.json
+    net = build_model({"name": "unet", "channels": [4, 8], "in_channels": 3})
+    save(net, run, extra={"input_shape": [1, 3, 32, 32]})
+    write_config(run / "config.yaml", {"seed": 2, "train": {"epochs": 60}, "prune": {"method": None}})
+    (run / "results.json").write_text(json.dumps({"test": {"dice": 0.8, "dice_per_class": {"fg": 0.8}},
+                                                  "prune_seconds": 123.44, "flops_ratio": 0.1}))
+    out = sauron_budget.row(run, sauron_budget.parse_args([]))
+    assert out["params"] == count_params(net)
+    assert out["flops"] == count_flops(net, torch.zeros(1, 3, 32, 32))
+    assert (out["epochs"], out["tau_max"], out["train_seconds"]) == (60, None, 123.4)

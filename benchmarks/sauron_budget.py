@@ -106,7 +106,7 @@ def variants(dataset: str, seed: int, args) -> dict[str, list[str]]:
     short = config_epochs(dataset)
 
     def settled(name: str, epochs: int) -> tuple[str, list[str]]:
-        return (f"{name}-settle{args.settle}" if args.settle else name), settled_after(args, epochs)
+        return name + settle_suffix(args), settled_after(args, epochs)
 
     out = {}
     if {"longer", "baseline"} & set(args.variants):
@@ -127,9 +127,12 @@ def settled_after(args, epochs: int) -> list[str]:
     return [f"prune.stop_after={epochs - args.settle}"] if args.settle else []
 
 
+def settle_suffix(args) -> str:
+    return f"-settle{args.settle}" if args.settle else ""
+
+
 def both_name(dataset: str, seed: int, args) -> str:
-    settle = f"-settle{args.settle}" if args.settle else ""
-    return f"sauron-e{args.epochs}-{tau_tag(args.tau_max)}{settle}-{dataset}-s{seed}"
+    return f"sauron-e{args.epochs}-{tau_tag(args.tau_max)}{settle_suffix(args)}-{dataset}-s{seed}"
 
 
 def uniform_run(dataset: str, seed: int, args) -> Path:

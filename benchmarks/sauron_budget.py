@@ -254,12 +254,14 @@ def plot(dataset: str, rows: list[dict], folder: Path) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for r in rows:
-        curve = r.get("per_epoch")
-        if curve:
-            ax.plot([e["epoch"] for e in curve], [100 * e["flops"] / curve[0]["flops"] for e in curve],
-                    marker=".", label=f"{r['run']} (Dice {r['dice']:.3f})")
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    curves = [r for r in rows if r.get("per_epoch")]
+    colours = plt.get_cmap("tab20").colors  # more runs than the default cycle's 10 colours
+    for i, r in enumerate(curves):
+        curve = r["per_epoch"]
+        ax.plot([e["epoch"] for e in curve], [100 * e["flops"] / curve[0]["flops"] for e in curve],
+                marker=".", color=colours[i % len(colours)], linestyle="-" if i < len(colours) else "--",
+                label=f"{r['run']} (Dice {r['dice']:.3f})")
     ax.axhline(10, color="grey", linestyle=":", label="the paper's 90 % reduction")
     return finish(fig, ax, folder / f"sauron-budget-{dataset}.png", title=f"{dataset}: Sauron's FLOPs against its budget",
                   xlabel="epoch", ylabel="FLOPs kept after the epoch (%)", legend_size=7)

@@ -20,7 +20,10 @@ This script trains, per seed:
 
 ``--settle K`` stops Sauron's pruning K epochs before the end (``prune.stop_after``):
 the last K epochs train the final network without the regulariser; the
-Sauron and uniform runs' names end in ``-settle<K>``.
+Sauron and uniform runs' names end in ``-settle<K>``. ``--min-width`` sets
+Sauron's width floor (``prune.min_width``: ``4`` for every layer, or
+``'{decoder.2.3: 8}'``); the names then end in ``-min4`` or
+``-min-decoder.2.3x8``.
 
 It reports each next to the 30-epoch rows recorded by ``pruning.py`` (the
 baseline and Sauron of the same seed, from ``pruning.json``): test Dice and
@@ -66,6 +69,8 @@ def parse_args(argv=None):
                         "for N epochs (needs both runs finished)")
     p.add_argument("--settle", type=int, default=0,
                    help="Sauron's last K epochs train without pruning or regulariser (prune.stop_after)")
+    p.add_argument("--min-width", type=_floor_spec, default=None,
+                   help="Sauron's width floor (prune.min_width), as YAML: 4, or '{decoder.2.3: 8}'")
     p.add_argument("--sauron-patience", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data", help="folder holding kvasir-seg/ and hippocampus/")
@@ -86,6 +91,15 @@ def parse_args(argv=None):
     if not 0.001 <= args.tau_max <= 1:
         p.error(f"--tau-max must lie in [0.001, 1], got {args.tau_max}")
     return args
+
+
+def _floor_spec(text: str):
+    import yaml
+
+    value = yaml.safe_load(text)
+    if not isinstance(value, (int, dict)) or isinstance(value, bool):
+        raise argparse.ArgumentTypeError(f"give a number or a {{layer: number}} mapping, got {text!r}")
+    return value
 
 
 def tau_tag(tau_max: float) -> str:
@@ -124,11 +138,23 @@ def variants(dataset: str, seed: int, args) -> dict[str, list[str]]:
 
 
 def settled_after(args, epochs: int) -> list[str]:
-    return [f"prune.stop_after={epochs - args.settle}"] if args.settle else []
+    """Overrides of the Sauron options this script adds to the paper's: settling, width floors."""
+    out = [f"prune.stop_after={epochs - args.settle}"] if args.settle else []
+    if args.min_width is not None:
+        floor = args.min_width
+        text = "{" + ", ".join(f"'{k}': {v}" for k, v in floor.items()) + "}" if isinstance(floor, dict) else floor
+        out.append(f"prune.min_width={text}")
+    return out
 
 
 def settle_suffix(args) -> str:
-    return f"-settle{args.settle}" if args.settle else ""
+    suffix = f"-settle{args.settle}" if args.settle else ""
+    floor = args.min_width
+    if isinstance(floor, dict):
+        suffix += "".join(f"-min-{k or 'all'}x{v}" for k, v in floor.items())
+    elif floor is not None:
+        suffix += f"-min{floor}"
+    return suffix
 
 
 def both_name(dataset: str, seed: int, args) -> str:

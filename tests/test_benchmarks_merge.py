@@ -128,9 +128,19 @@ def test_sauron_budget_names_its_runs_by_what_differs_from_the_paper():
         ["--variants", "both", "ceiling", "--epochs", "60", "--settle", "15"]))
     assert settled["sauron-e60-tau05-settle15-kvasir-s0"][-1] == "prune.stop_after=45"
     assert settled["sauron-tau05-settle15-kvasir-s0"][-1] == "prune.stop_after=15"  # of the config's 30 epochs
+    floored = sauron_budget.variants("hippocampus", 1, sauron_budget.parse_args(
+        ["--variants", "ceiling", "--tau-max", "0.6", "--settle", "6", "--min-width", "{decoder.2.3: 8}"]))
+    assert floored == {"sauron-tau06-settle6-min-decoder.2.3x8-hippocampus-s1": [
+        *floored["sauron-tau06-settle6-min-decoder.2.3x8-hippocampus-s1"][:-2],
+        "prune.stop_after=24", "prune.min_width={'decoder.2.3': 8}"]}
+    from medslim.config import parse_override
+    assert parse_override("prune.min_width={'decoder.2.3': 8}") == ("prune.min_width", {"decoder.2.3": 8})
+    everywhere = sauron_budget.variants("kvasir", 0, sauron_budget.parse_args(["--variants", "both", "--min-width", "4"]))
+    assert list(everywhere) == ["sauron-e60-tau05-min4-kvasir-s0"]
+    assert everywhere["sauron-e60-tau05-min4-kvasir-s0"][-1] == "prune.min_width=4"
     alone = sauron_budget.variants("kvasir", 2, sauron_budget.parse_args(["--variants", "baseline", "--epochs", "60"]))
     assert alone == {"baseline-e60-kvasir-s2": ["train.epochs=60"]}
-    for bad in (["--epochs", "0"], ["--tau-max", "2"], ["--epochs", "20", "--settle", "20"]):
+    for bad in (["--epochs", "0"], ["--tau-max", "2"], ["--epochs", "20", "--settle", "20"], ["--min-width", "[8]"]):
         with pytest.raises(SystemExit):
             sauron_budget.parse_args(bad)
 

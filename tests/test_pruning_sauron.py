@@ -59,6 +59,17 @@ def test_kept_channels_respect_the_reference_and_the_divisor():
     assert Sauron._kept(group, delta, tau=0.65, ref=0).tolist() == [0, 5, 6, 7]
 
 
+def test_a_width_floor_keeps_the_closest_channels_rounded_to_the_divisor():
+    group = ChannelGroup(id=0, size=8, divisor=1)
+    delta = torch.tensor([0.0, 0.001, 0.5, 0.002, 0.6, 0.003, 0.8, 0.9])
+    assert Sauron._kept(group, delta, tau=0.7, ref=0).tolist() == [0, 6, 7]
+    # a floor of 5 takes back the two dropped channels farthest from the reference
+    assert Sauron._kept(group, delta, tau=0.7, ref=0, floor=5).tolist() == [0, 2, 4, 6, 7]
+    group.divisor = 4
+    assert Sauron._kept(group, delta, tau=0.7, ref=0, floor=5).tolist() == list(range(8))
+    assert Sauron._kept(group, delta, tau=0.7, ref=0, floor=9).tolist() == list(range(8))
+
+
 def test_threshold_rises_on_a_plateau_then_waits():
     hook = Sauron(torch.zeros(1, 1, 8, 8), patience=2, tau_steps=3, tau_init=0.0, tau_max=0.3)
     state = GroupState(tau=0.0, widths=[10, 10])
@@ -85,6 +96,14 @@ def test_bad_options_are_refused_by_name():
         training_pruner("sauronn", torch.zeros(1, 1, 8, 8))
     with pytest.raises(ConfigError, match="stop_after"):
         Sauron(torch.zeros(1, 1, 8, 8), stop_after=0)
+    for bad in (0, 2.5, True, {"decoder": 0}, {"decoder": "4"}):
+        with pytest.raises(ConfigError, match="min_width"):
+            Sauron(torch.zeros(1, 1, 8, 8), min_width=bad)
+    model = build_model({"name": "unet", "spatial_dims": 2, "in_channels": 1, "out_channels": 2,
+                         "channels": [4, 8]})
+    hook = Sauron(torch.zeros(1, 1, 16, 16), min_width={"decoder.0.9": 2})
+    with pytest.raises(ConfigError, match=r"min_width names 'decoder.0.9'.*did you mean"):
+        hook.begin(model)
 
 
 # ----------------------------------------------------------------------------- in a loop
@@ -137,6 +156,25 @@ def test_sauron_removes_channels_and_training_goes_on(one_thread, spec, shape):
     # the optimizer holds exactly the model's (new) parameters
     held = {id(p) for g in opt.param_groups for p in g["params"]}
     assert held == {id(p) for p in model.parameters()}
+
+
+@pytest.mark.parametrize("min_width,floors", [
+    (4, {"encoder": 4, "up": 4, "decoder": 4}),
+    ({"decoder": 6, "up.1": 3}, {"encoder": 1, "up.0": 1, "up.1": 3, "decoder": 6}),
+], ids=["everywhere", "per-layer"])
+def test_width_floors_hold_while_a_high_threshold_prunes(one_thread, min_width, floors):
+    torch.manual_seed(0)
+    model = build_model({"name": "unet", "spatial_dims": 2, "in_channels": 1, "out_channels": 2,
+                         "channels": [8, 16, 32]})
+    hook = Sauron(torch.zeros(1, 1, 32, 32), tau_init=0.9, tau_max=0.95, min_width=min_width)
+    summary, _ = _train_steps(model, hook, (2, 1, 32, 32))
+    assert summary["removed"] > 0
+    for layer, width in summary["widths"].items():
+        floor = next(n for path, n in floors.items() if layer.startswith(path))
+        assert width >= floor, layer
+    # the unfloored layers of the per-layer case do fall under the floored ones' widths
+    if isinstance(min_width, dict):
+        assert min(w for k, w in summary["widths"].items() if k.startswith("encoder")) < 6
 
 
 def test_lambda_zero_adds_no_loss(one_thread):

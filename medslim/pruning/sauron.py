@@ -35,13 +35,18 @@ Choices where the paper and its code leave room (see docs/pruning.md):
 - ``stop_after`` (not in the paper) ends pruning early: the epochs after it
   train the final network without the regulariser, a settling phase for
   short budgets where channels are still being removed at the end.
+- ``min_width`` (not in the paper) is a floor under a group's width. The
+  paper's rule can leave a layer with only its reference channel; with a
+  high threshold ceiling the layer feeding the output head fell to 3 of 16
+  in the 3D runs that lost a class (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -112,6 +117,12 @@ class Sauron(TrainingHook):
         pool: average pooling before both distances (paper: 2).
         ignored, round_to: as for :class:`DependencyGraph`.
         seed: for the random reference channels.
+        min_width: the fewest channels a group keeps (default 1, the paper's
+            rule). One number for every group, or layer paths mapped to
+            numbers, e.g. ``{"decoder.2.3": 8}``: a path covers the layers
+            under it (``""`` the whole model) and a group takes the largest
+            floor among its producer layers. Rounded up to the group's
+            divisor; a group already at or under its floor is left whole.
         stop_after: the last epoch that removes channels (default: every
             epoch but the last); later epochs train without the regulariser.
 
@@ -127,8 +138,9 @@ class Sauron(TrainingHook):
                  tau_max: float = 0.3, tau_steps: int = 15, patience: int = 5,
                  min_drop: float = 0.02, plateau: bool = True, pool: int = 2,
                  ignored: Sequence = (), round_to: int = 1, seed: int = 0,
-                 stop_after: Optional[int] = None):
+                 stop_after: Optional[int] = None, min_width: Union[int, Mapping[str, int]] = 1):
         _check_options(lam, tau_init, tau_max, tau_steps, patience, min_drop, pool, stop_after)
+        self.min_width = _check_min_width(min_width)
         self.stop_after = stop_after
         self.example_input = example_input
         self.lam, self.pool, self.seed = float(lam), int(pool), int(seed)
@@ -151,6 +163,7 @@ class Sauron(TrainingHook):
         self.model = model
         self.graph = DependencyGraph(model, self.example_input, ignored=self.ignored,
                                      round_to=self.round_to)
+        _check_floor_paths(model, self.min_width)
         for group in self._prunable():
             self.groups.setdefault(group.key, GroupState(tau=self.ladder[0]))
         self._new_epoch(self._epoch)
@@ -233,7 +246,7 @@ class Sauron(TrainingHook):
             if group.size <= 1 or not self._counts.get(key):
                 continue
             delta = self._sums[key] / self._counts[key]
-            kept = self._kept(group, delta, self.groups[key].tau, self._refs[key])
+            kept = self._kept(group, delta, self.groups[key].tau, self._refs[key], self._floor(group))
             if kept.numel() < group.size:
                 keep[group.id] = kept
                 removed += group.size - kept.numel()
@@ -244,12 +257,21 @@ class Sauron(TrainingHook):
             self._attach()
         return removed
 
+    def _floor(self, group: ChannelGroup) -> int:
+        """The largest ``min_width`` among the group's producer layers."""
+        producers = {p.module for p in group.producers}
+        hits = [n for path, n in self.min_width.items()
+                if path == "" or any(m == path or m.startswith(path + ".") for m in producers)]
+        return max(hits, default=1)
+
     @staticmethod
-    def _kept(group: ChannelGroup, delta: torch.Tensor, tau: float, ref: int) -> torch.Tensor:
-        """Channels at or above ``tau`` (the reference always); widths stay multiples of the divisor."""
+    def _kept(group: ChannelGroup, delta: torch.Tensor, tau: float, ref: int,
+              floor: int = 1) -> torch.Tensor:
+        """Channels at or above ``tau`` (the reference always), at least ``floor`` of them;
+        widths stay multiples of the divisor."""
         below = delta < tau
         below[ref] = False
-        kept = group.size - int(below.sum())
+        kept = max(group.size - int(below.sum()), floor)
         kept = max(math.ceil(kept / group.divisor) * group.divisor, group.divisor)
         drop = group.size - kept
         if drop <= 0:
@@ -311,6 +333,29 @@ class Sauron(TrainingHook):
             flops = count_flops(model, self.example_input)
         return {"removed": removed, "flops": flops, "params": count_params(model),
                 "widths": widths, "tau": taus}
+
+
+def _check_min_width(min_width) -> dict[str, int]:
+    """``min_width`` as {layer path: floor}; an int is the floor of the whole model ("")."""
+    def whole(n) -> bool:
+        return isinstance(n, int) and not isinstance(n, bool) and n >= 1
+
+    floors = {"": min_width} if not isinstance(min_width, Mapping) else dict(min_width)
+    for path, n in floors.items():
+        if not isinstance(path, str) or not whole(n):
+            raise ConfigError(f"sauron option min_width={min_width!r}: give a whole number >= 1, "
+                              "or layer paths mapped to whole numbers >= 1")
+    return floors
+
+
+def _check_floor_paths(model: nn.Module, floors: dict[str, int]) -> None:
+    names = [n for n, _ in model.named_modules()]
+    for path in floors:
+        if path not in names:
+            close = difflib.get_close_matches(path, names, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"sauron option min_width names {path!r}, which is not a layer of the "
+                              f"{type(model).__name__}{hint}")
 
 
 def _check_options(lam, tau_init, tau_max, tau_steps, patience, min_drop, pool, stop_after) -> None:

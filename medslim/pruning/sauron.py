@@ -38,7 +38,8 @@ Choices where the paper and its code leave room (see docs/pruning.md):
 - ``min_width`` (not in the paper) is a floor under a group's width. The
   paper's rule can leave a layer with only its reference channel; with a
   high threshold ceiling the layer feeding the output head fell to 3 of 16
-  in the 3D runs that lost a class (docs/benchmarks.md).
+  in the 3D runs that lost a class. Floor a whole level, not one layer: the
+  layer before a floored one can become the bottleneck (docs/pruning.md).
 """
 
 from __future__ import annotations
@@ -117,14 +118,14 @@ class Sauron(TrainingHook):
         pool: average pooling before both distances (paper: 2).
         ignored, round_to: as for :class:`DependencyGraph`.
         seed: for the random reference channels.
+        stop_after: the last epoch that removes channels (default: every
+            epoch but the last); later epochs train without the regulariser.
         min_width: the fewest channels a group keeps (default 1, the paper's
             rule). One number for every group, or layer paths mapped to
             numbers, e.g. ``{"decoder.2.3": 8}``: a path covers the layers
             under it (``""`` the whole model) and a group takes the largest
             floor among its producer layers. Rounded up to the group's
             divisor; a group already at or under its floor is left whole.
-        stop_after: the last epoch that removes channels (default: every
-            epoch but the last); later epochs train without the regulariser.
 
     Example::
 

@@ -120,7 +120,7 @@ def variants(dataset: str, seed: int, args) -> dict[str, list[str]]:
     short = config_epochs(dataset)
 
     def settled(name: str, epochs: int) -> tuple[str, list[str]]:
-        return name + settle_suffix(args), settled_after(args, epochs)
+        return name + sauron_suffix(args), sauron_extras(args, epochs)
 
     out = {}
     if {"longer", "baseline"} & set(args.variants):
@@ -133,21 +133,19 @@ def variants(dataset: str, seed: int, args) -> dict[str, list[str]]:
         out[f"{name}-{dataset}-s{seed}"] = [*sauron, f"prune.tau_max={args.tau_max}", *extra]
     if "both" in args.variants:
         out[both_name(dataset, seed, args)] = [*sauron, f"train.epochs={args.epochs}",
-                                               f"prune.tau_max={args.tau_max}", *settled_after(args, args.epochs)]
+                                               f"prune.tau_max={args.tau_max}", *sauron_extras(args, args.epochs)]
     return out
 
 
-def settled_after(args, epochs: int) -> list[str]:
+def sauron_extras(args, epochs: int) -> list[str]:
     """Overrides of the Sauron options this script adds to the paper's: settling, width floors."""
     out = [f"prune.stop_after={epochs - args.settle}"] if args.settle else []
     if args.min_width is not None:
-        floor = args.min_width
-        text = "{" + ", ".join(f"'{k}': {v}" for k, v in floor.items()) + "}" if isinstance(floor, dict) else floor
-        out.append(f"prune.min_width={text}")
+        out.append(f"prune.min_width={json.dumps(args.min_width)}")  # JSON is YAML: the override parses back
     return out
 
 
-def settle_suffix(args) -> str:
+def sauron_suffix(args) -> str:
     suffix = f"-settle{args.settle}" if args.settle else ""
     floor = args.min_width
     if isinstance(floor, dict):
@@ -158,7 +156,7 @@ def settle_suffix(args) -> str:
 
 
 def both_name(dataset: str, seed: int, args) -> str:
-    return f"sauron-e{args.epochs}-{tau_tag(args.tau_max)}{settle_suffix(args)}-{dataset}-s{seed}"
+    return f"sauron-e{args.epochs}-{tau_tag(args.tau_max)}{sauron_suffix(args)}-{dataset}-s{seed}"
 
 
 def uniform_run(dataset: str, seed: int, args) -> Path:

@@ -132,9 +132,9 @@ def test_sauron_budget_names_its_runs_by_what_differs_from_the_paper():
         ["--variants", "ceiling", "--tau-max", "0.6", "--settle", "6", "--min-width", "{decoder.2.3: 8}"]))
     assert floored == {"sauron-tau06-settle6-min-decoder.2.3x8-hippocampus-s1": [
         *floored["sauron-tau06-settle6-min-decoder.2.3x8-hippocampus-s1"][:-2],
-        "prune.stop_after=24", "prune.min_width={'decoder.2.3': 8}"]}
+        "prune.stop_after=24", 'prune.min_width={"decoder.2.3": 8}']}
     from medslim.config import parse_override
-    assert parse_override("prune.min_width={'decoder.2.3': 8}") == ("prune.min_width", {"decoder.2.3": 8})
+    assert parse_override('prune.min_width={"decoder.2.3": 8}') == ("prune.min_width", {"decoder.2.3": 8})
     everywhere = sauron_budget.variants("kvasir", 0, sauron_budget.parse_args(["--variants", "both", "--min-width", "4"]))
     assert list(everywhere) == ["sauron-e60-tau05-min4-kvasir-s0"]
     assert everywhere["sauron-e60-tau05-min4-kvasir-s0"][-1] == "prune.min_width=4"

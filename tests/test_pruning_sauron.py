@@ -59,7 +59,7 @@ def test_kept_channels_respect_the_reference_and_the_divisor():
     assert Sauron._kept(group, delta, tau=0.65, ref=0).tolist() == [0, 5, 6, 7]
 
 
-def test_a_width_floor_keeps_the_closest_channels_rounded_to_the_divisor():
+def test_a_width_floor_takes_back_the_dropped_channels_farthest_from_the_reference():
     group = ChannelGroup(id=0, size=8, divisor=1)
     delta = torch.tensor([0.0, 0.001, 0.5, 0.002, 0.6, 0.003, 0.8, 0.9])
     assert Sauron._kept(group, delta, tau=0.7, ref=0).tolist() == [0, 6, 7]

@@ -260,11 +260,15 @@ def resolve_ignored(model: nn.Module, ignored: Iterable[Union[str, nn.Module]]) 
             try:
                 model.get_submodule(item)
             except AttributeError:
-                close = difflib.get_close_matches(item, sorted(names.values()), n=3)
-                hint = f"; did you mean {', '.join(close)}?" if close else ""
-                raise PruningError(f"ignored module {item!r} is not in the model{hint}") from None
+                raise PruningError(f"ignored module {item!r} is not in the model{close_names(model, item)}") from None
             paths.append(item)
     return paths
+
+
+def close_names(model: nn.Module, path: str) -> str:
+    """A '; did you mean ...?' hint for a module path that is not in ``model`` ('' when none is close)."""
+    close = difflib.get_close_matches(path, sorted(n for n, _ in model.named_modules()), n=3)
+    return f"; did you mean {', '.join(close)}?" if close else ""
 
 
 def _idle_modules(model: nn.Module, used: set[str]) -> list[str]:

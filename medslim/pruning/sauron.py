@@ -44,7 +44,6 @@ Choices where the paper and its code leave room (see docs/pruning.md):
 
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Optional, Sequence, Union
@@ -55,7 +54,7 @@ from torch import nn
 
 from medslim.errors import ConfigError
 from medslim.pruning.criteria.base import observed_site
-from medslim.pruning.graph import ChannelGroup, DependencyGraph
+from medslim.pruning.graph import ChannelGroup, DependencyGraph, close_names
 from medslim.pruning.surgery import prune_channels
 from medslim.training.hooks import TrainingHook
 
@@ -350,13 +349,12 @@ def _check_min_width(min_width) -> dict[str, int]:
 
 
 def _check_floor_paths(model: nn.Module, floors: dict[str, int]) -> None:
-    names = [n for n, _ in model.named_modules()]
     for path in floors:
-        if path not in names:
-            close = difflib.get_close_matches(path, names, n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
+        try:
+            model.get_submodule(path)
+        except AttributeError:
             raise ConfigError(f"sauron option min_width names {path!r}, which is not a layer of the "
-                              f"{type(model).__name__}{hint}")
+                              f"{type(model).__name__}{close_names(model, path)}") from None
 
 
 def _check_options(lam, tau_init, tau_max, tau_steps, patience, min_drop, pool, stop_after) -> None:

@@ -21,9 +21,9 @@ This script trains, per seed:
 ``--settle K`` stops Sauron's pruning K epochs before the end (``prune.stop_after``):
 the last K epochs train the final network without the regulariser; the
 Sauron and uniform runs' names end in ``-settle<K>``. ``--min-width`` sets
-Sauron's width floor (``prune.min_width``: ``4`` for every layer, or
-``'{decoder.2.3: 8}'``); the names then end in ``-min4`` or
-``-min-decoder.2.3x8``.
+Sauron's width floor (``prune.min_width``: ``4`` for every layer, ``0.25``
+for a quarter of every layer, or ``'{decoder.2.3: 8}'``); the names then end
+in ``-min4``, ``-min0.25`` or ``-min-decoder.2.3x8``.
 
 It reports each next to the 30-epoch rows recorded by ``pruning.py`` (the
 baseline and Sauron of the same seed, from ``pruning.json``): test Dice and
@@ -70,7 +70,7 @@ def parse_args(argv=None):
     p.add_argument("--settle", type=int, default=0,
                    help="Sauron's last K epochs train without pruning or regulariser (prune.stop_after)")
     p.add_argument("--min-width", type=_floor_spec, default=None,
-                   help="Sauron's width floor (prune.min_width), as YAML: 4, or '{decoder.2.3: 8}'")
+                   help="Sauron's width floor (prune.min_width), as YAML: 4, 0.25, or '{decoder.2.3: 8}'")
     p.add_argument("--sauron-patience", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data", help="folder holding kvasir-seg/ and hippocampus/")
@@ -97,7 +97,7 @@ def _floor_spec(text: str):
     import yaml
 
     value = yaml.safe_load(text)
-    if not isinstance(value, (int, dict)) or isinstance(value, bool):
+    if not isinstance(value, (int, float, dict)) or isinstance(value, bool):
         raise argparse.ArgumentTypeError(f"give a number or a {{layer: number}} mapping, got {text!r}")
     return value
 

@@ -138,6 +138,10 @@ def test_sauron_budget_names_its_runs_by_what_differs_from_the_paper():
     everywhere = sauron_budget.variants("kvasir", 0, sauron_budget.parse_args(["--variants", "both", "--min-width", "4"]))
     assert list(everywhere) == ["sauron-e60-tau05-min4-kvasir-s0"]
     assert everywhere["sauron-e60-tau05-min4-kvasir-s0"][-1] == "prune.min_width=4"
+    share = sauron_budget.variants("kvasir", 0, sauron_budget.parse_args(["--variants", "both", "--min-width", "0.25"]))
+    assert share == {"sauron-e60-tau05-min0.25-kvasir-s0": [*share["sauron-e60-tau05-min0.25-kvasir-s0"][:-1],
+                                                            "prune.min_width=0.25"]}
+    assert parse_override("prune.min_width=0.25") == ("prune.min_width", 0.25)
     alone = sauron_budget.variants("kvasir", 2, sauron_budget.parse_args(["--variants", "baseline", "--epochs", "60"]))
     assert alone == {"baseline-e60-kvasir-s2": ["train.epochs=60"]}
     for bad in (["--epochs", "0"], ["--tau-max", "2"], ["--epochs", "20", "--settle", "20"], ["--min-width", "[8]"]):

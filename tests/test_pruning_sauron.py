@@ -1,6 +1,7 @@
 """Sauron: its distances, its threshold rule, pruning inside real training, resume."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -96,7 +97,7 @@ def test_bad_options_are_refused_by_name():
         training_pruner("sauronn", torch.zeros(1, 1, 8, 8))
     with pytest.raises(ConfigError, match="stop_after"):
         Sauron(torch.zeros(1, 1, 8, 8), stop_after=0)
-    for bad in (0, 2.5, True, {"decoder": 0}, {"decoder": "4"}):
+    for bad in (0, 2.5, 0.0, 1.0, -0.5, True, {"decoder": 0}, {"decoder": "4"}):
         with pytest.raises(ConfigError, match="min_width"):
             Sauron(torch.zeros(1, 1, 8, 8), min_width=bad)
     model = build_model({"name": "unet", "spatial_dims": 2, "in_channels": 1, "out_channels": 2,
@@ -175,6 +176,21 @@ def test_width_floors_hold_while_a_high_threshold_prunes(one_thread, min_width, 
     # the unfloored layers of the per-layer case do fall under the floored ones' widths
     if isinstance(min_width, dict):
         assert min(w for k, w in summary["widths"].items() if k.startswith("encoder")) < 6
+
+
+def test_a_fractional_floor_keeps_that_share_of_each_layers_starting_width(one_thread):
+    torch.manual_seed(0)
+    model = build_model({"name": "unet", "spatial_dims": 2, "in_channels": 1, "out_channels": 2,
+                         "channels": [8, 16, 32]})
+    hook = Sauron(torch.zeros(1, 1, 32, 32), tau_init=0.9, tau_max=0.95, min_width=0.4)
+    summary, _ = _train_steps(model, hook, (2, 1, 32, 32), epochs=3)
+    start = {k: g["widths"][0] for k, g in hook.state_dict()["groups"].items()}
+    assert sum(summary["widths"].values()) < sum(start.values())
+    assert len(set(start.values())) > 1  # the floor differs between levels
+    for layer, width in summary["widths"].items():
+        assert width >= math.ceil(0.4 * start[layer]), layer
+    # the floor binds: at this threshold most layers end exactly on it
+    assert sum(w == math.ceil(0.4 * start[k]) for k, w in summary["widths"].items()) >= len(start) // 2
 
 
 def test_lambda_zero_adds_no_loss(one_thread):

@@ -40,6 +40,8 @@ Choices where the paper and its code leave room (see docs/pruning.md):
   high threshold ceiling the layer feeding the output head fell to 3 of 16
   in the 3D runs that lost a class. Floor a whole level, not one layer: the
   layer before a floored one can become the bottleneck (docs/pruning.md).
+  A fraction (``0.25``) floors every group at that share of the width it
+  had when pruning began, so one number suits both narrow and wide levels.
 """
 
 from __future__ import annotations
@@ -120,8 +122,10 @@ class Sauron(TrainingHook):
         stop_after: the last epoch that removes channels (default: every
             epoch but the last); later epochs train without the regulariser.
         min_width: the fewest channels a group keeps (default 1, the paper's
-            rule). One number for every group, or layer paths mapped to
-            numbers, e.g. ``{"decoder.2.3": 8}``: a path covers the layers
+            rule): a whole number of channels, or a fraction in (0, 1) of the
+            group's width when pruning began (``0.25``: a quarter of every
+            layer). One value for every group, or layer paths mapped to
+            values, e.g. ``{"decoder.2.3": 8}``: a path covers the layers
             under it (``""`` the whole model) and a group takes the largest
             floor among its producer layers. Rounded up to the group's
             divisor; a group already at or under its floor is left whole.
@@ -138,7 +142,7 @@ class Sauron(TrainingHook):
                  tau_max: float = 0.3, tau_steps: int = 15, patience: int = 5,
                  min_drop: float = 0.02, plateau: bool = True, pool: int = 2,
                  ignored: Sequence = (), round_to: int = 1, seed: int = 0,
-                 stop_after: Optional[int] = None, min_width: Union[int, Mapping[str, int]] = 1):
+                 stop_after: Optional[int] = None, min_width: Union[float, Mapping[str, float]] = 1):
         _check_options(lam, tau_init, tau_max, tau_steps, patience, min_drop, pool, stop_after)
         self.min_width = _check_min_width(min_width)
         self.stop_after = stop_after
@@ -246,7 +250,8 @@ class Sauron(TrainingHook):
             if group.size <= 1 or not self._counts.get(key):
                 continue
             delta = self._sums[key] / self._counts[key]
-            kept = self._kept(group, delta, self.groups[key].tau, self._refs[key], self._floor(group))
+            kept = self._kept(group, delta, self.groups[key].tau, self._refs[key],
+                              self._floor(group, self.groups[key]))
             if kept.numel() < group.size:
                 keep[group.id] = kept
                 removed += group.size - kept.numel()
@@ -257,10 +262,13 @@ class Sauron(TrainingHook):
             self._attach()
         return removed
 
-    def _floor(self, group: ChannelGroup) -> int:
-        """The largest ``min_width`` among the group's producer layers."""
+    def _floor(self, group: ChannelGroup, state: GroupState) -> int:
+        """The largest ``min_width`` among the group's producer layers, in channels."""
         producers = {p.module for p in group.producers}
-        hits = [n for path, n in self.min_width.items()
+        # widths[0] is the width before the first removal (end_epoch records it first)
+        start = state.widths[0] if state.widths else group.size
+        hits = [n if isinstance(n, int) else math.ceil(n * start - 1e-9)
+                for path, n in self.min_width.items()
                 if path == "" or any(m == path or m.startswith(path + ".") for m in producers)]
         return max(hits, default=1)
 
@@ -335,16 +343,19 @@ class Sauron(TrainingHook):
                 "widths": widths, "tau": taus}
 
 
-def _check_min_width(min_width) -> dict[str, int]:
-    """``min_width`` as {layer path: floor}; an int is the floor of the whole model ("")."""
-    def whole(n) -> bool:
-        return isinstance(n, int) and not isinstance(n, bool) and n >= 1
+def _check_min_width(min_width) -> dict[str, float]:
+    """``min_width`` as {layer path: floor}; one value is the floor of the whole model ("")."""
+    def valid(n) -> bool:
+        if isinstance(n, bool):
+            return False
+        return (isinstance(n, int) and n >= 1) or (isinstance(n, float) and 0 < n < 1)
 
     floors = {"": min_width} if not isinstance(min_width, Mapping) else dict(min_width)
     for path, n in floors.items():
-        if not isinstance(path, str) or not whole(n):
-            raise ConfigError(f"sauron option min_width={min_width!r}: give a whole number >= 1, "
-                              "or layer paths mapped to whole numbers >= 1")
+        if not isinstance(path, str) or not valid(n):
+            raise ConfigError(f"sauron option min_width={min_width!r}: give a whole number of channels "
+                              ">= 1 or a fraction of the width between 0 and 1, or layer paths mapped "
+                              "to such values")
     return floors
 
 

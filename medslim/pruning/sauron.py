@@ -359,7 +359,7 @@ def _check_min_width(min_width) -> dict[str, float]:
     return floors
 
 
-def _check_floor_paths(model: nn.Module, floors: dict[str, int]) -> None:
+def _check_floor_paths(model: nn.Module, floors: dict[str, float]) -> None:
     for path in floors:
         try:
             model.get_submodule(path)

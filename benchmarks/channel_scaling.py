@@ -31,6 +31,7 @@ and wall time. Finished runs are reused. The full-size setting (width 1,
     python benchmarks/channel_scaling.py --seeds 0 1 2
     python benchmarks/channel_scaling.py --width 1 --size 224   # GPU
     python benchmarks/channel_scaling.py --report-only
+    python benchmarks/channel_scaling.py --seeds 3 4 --report-only --merge earlier.json   # pool seeds
 """
 
 from __future__ import annotations
@@ -42,7 +43,14 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _merge import earlier_report  # noqa: E402
+
 ARMS = ("full", "head", "channel_scaling", "slimming", "l1")
+# settings two reports must share for their rows to be pooled; the round budget may differ, because it
+# only matters on a seed that used it up, and each pooled channel-scaling row records its rounds
+POOLED_SETTINGS = ("source_epochs", "lr", "params_ratio", "lam", "threshold", "round_epochs", "round_lr",
+                   "finetune_epochs", "head_norm_stats")
 
 
 def parse_args(argv=None):
@@ -70,6 +78,9 @@ def parse_args(argv=None):
     p.add_argument("--runs", default="benchmarks/runs/channel_scaling")
     p.add_argument("--out", default="benchmarks/results/channel-scaling.json")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--merge", nargs="+", default=[], metavar="REPORT",
+                   help="earlier reports (JSON) whose rows join this one for the (arm, seed) pairs not "
+                        "measured here, the first report listed first; refused if made with other settings")
     args = p.parse_args(argv)
     if not 0 < args.params_ratio <= 1 or args.size < 32 or args.width <= 0:
         p.error("--params-ratio must be in (0, 1], --size at least 32, --width positive")
@@ -236,14 +247,39 @@ def row_of(args, arm: str, seed: int) -> dict | None:
     return row
 
 
+def pooled_rows(args, measured: list[dict]) -> list[dict]:
+    """Rows of the ``--merge`` reports for the (arm, seed) pairs ``measured`` lacks, marked by their file.
+
+    Their runs may be gone (the runs folder is not kept), so their accuracy, AUC, parameters and FLOPs
+    are taken as recorded; the ONNX Runtime latency is measured again per arm.
+    """
+    have = {(r["arm"], r["seed"]) for r in measured}
+    out = []
+    for path in args.merge:
+        report = earlier_report(Path(path))
+        if not report.get("rows"):
+            raise SystemExit(f"--merge {path}: no such report, or it has no rows")
+        theirs = dict(report.get("settings", {}), width=report.get("width"), size=report.get("size"))
+        differs = sorted(k for k in POOLED_SETTINGS + ("width", "size") if theirs.get(k) != getattr(args, k))
+        if differs:
+            raise SystemExit(f"--merge {path}: made with other settings ({', '.join(differs)}); not pooled")
+        for r in report["rows"]:
+            if (r["arm"], r["seed"]) not in have:
+                have.add((r["arm"], r["seed"]))
+                out.append(dict(r, pooled_from=str(path), round_budget=theirs.get("rounds")))
+    return out
+
+
 def collect(args) -> list[dict]:
     rows = [r for seed in args.seeds for arm in ARMS if (r := row_of(args, arm, seed)) is not None]
     first = {}
     for r in rows:
         first.setdefault(r["arm"], Path(r["run"]))  # one model per arm: pruned widths barely differ by seed
+    rows += pooled_rows(args, rows)
     from onnx_timing import time_in_turns
 
-    timed = time_in_turns({a: run for a, run in first.items() if a != "head"}, args.repeats, warmup=10)
+    to_time = {a: run for a, run in first.items() if a != "head"}
+    timed = time_in_turns(to_time, args.repeats, warmup=10) if to_time else {}
     speed = {a: {"ort_ms": 1e3 * t} for a, t in timed.items()}
     speed["head"] = speed.get("full", {})  # the same network
     for r in rows:
@@ -304,6 +340,7 @@ def print_report(report: dict) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     root = data_root(args)
+    pooled_rows(args, [])  # a --merge report that cannot be pooled is refused before any training
     if not args.report_only:
         run_all(args, root)
     from medslim._io import write_json
@@ -314,7 +351,8 @@ def main(argv=None) -> int:
         print("no finished runs to report", file=sys.stderr)
         return 1
     source = Path(args.runs) / "source" / "results.json"
-    report = {"width": args.width, "size": args.size, "seeds": args.seeds, "epochs": args.epochs,
+    report = {"width": args.width, "size": args.size, "seeds": sorted({r["seed"] for r in rows}),
+              "epochs": args.epochs, "merged": args.merge,
               "source": json.loads(source.read_text())["test"] if source.exists() else None,
               "settings": {k: getattr(args, k) for k in ("source_epochs", "lr", "params_ratio", "lam", "threshold",
                                                          "rounds", "round_epochs", "round_lr", "finetune_epochs",

@@ -231,3 +231,47 @@ def test_sauron_budget_reads_a_uniform_rows_size_from_its_model(tmp_path):
     assert out["params"] == count_params(net)
     assert out["flops"] == count_flops(net, torch.zeros(1, 3, 32, 32))
     assert (out["epochs"], out["tau_max"], out["train_seconds"]) == (60, None, 123.4)
+
+
+def _cs_args(merge, **changes):
+    from argparse import Namespace
+
+    import channel_scaling
+
+    settings = {"source_epochs": 15, "lr": 1e-3, "params_ratio": 0.05, "lam": 1e-3, "threshold": 0.05,
+                "rounds": 25, "round_epochs": 3, "round_lr": 1e-2, "finetune_epochs": 5,
+                "head_norm_stats": "target", "width": 0.25, "size": 64}
+    settings.update(changes)
+    return channel_scaling, Namespace(merge=[str(m) for m in merge], **settings)
+
+
+def _cs_report(path, seeds, rounds=20, **settings):
+    base = {"source_epochs": 15, "lr": 1e-3, "params_ratio": 0.05, "lam": 1e-3, "threshold": 0.05,
+            "rounds": rounds, "round_epochs": 3, "round_lr": 1e-2, "finetune_epochs": 5, "head_norm_stats": "target"}
+    base.update(settings)
+    rows = [{"arm": arm, "seed": s, "accuracy": 0.8 + s / 100, "tag": path.name} for s in seeds
+            for arm in ("full", "channel_scaling")]
+    path.write_text(json.dumps({"width": 0.25, "size": 64, "settings": base, "rows": rows}))
+    return path
+
+
+def test_channel_scaling_pools_missing_seeds_first_report_first(tmp_path):
+    a = _cs_report(tmp_path / "a.json", [0], rounds=25)
+    b = _cs_report(tmp_path / "b.json", [0, 1, 2])
+    cs, args = _cs_args([a, b])
+    measured = [{"arm": "full", "seed": 2}]
+    pooled = cs.pooled_rows(args, measured)
+    got = {(r["arm"], r["seed"]): (r["tag"], r["round_budget"]) for r in pooled}
+    assert got == {("full", 0): ("a.json", 25), ("channel_scaling", 0): ("a.json", 25),
+                   ("full", 1): ("b.json", 20), ("channel_scaling", 1): ("b.json", 20),
+                   ("channel_scaling", 2): ("b.json", 20)}  # measured (full, 2) is not taken from b
+
+
+def test_channel_scaling_refuses_to_pool_other_settings_and_names_them(tmp_path):
+    other = _cs_report(tmp_path / "other.json", [0], head_norm_stats="source")
+    cs, args = _cs_args([other])
+    with pytest.raises(SystemExit, match=r"other.json.*head_norm_stats"):
+        cs.pooled_rows(args, [])
+    cs, args = _cs_args([tmp_path / "missing.json"])
+    with pytest.raises(SystemExit, match="missing.json"):
+        cs.pooled_rows(args, [])

@@ -259,8 +259,9 @@ def pooled_rows(args, measured: list[dict]) -> list[dict]:
         report = earlier_report(Path(path))
         if not report.get("rows"):
             raise SystemExit(f"--merge {path}: no such report, or it has no rows")
-        theirs = dict(report.get("settings", {}), width=report.get("width"), size=report.get("size"))
-        differs = sorted(k for k in POOLED_SETTINGS + ("width", "size") if theirs.get(k) != getattr(args, k))
+        theirs = dict(report.get("settings", {}), **{k: report.get(k) for k in ("width", "size", "epochs")})
+        differs = sorted(k for k in POOLED_SETTINGS + ("width", "size", "epochs")
+                         if theirs.get(k) != getattr(args, k))
         if differs:
             raise SystemExit(f"--merge {path}: made with other settings ({', '.join(differs)}); not pooled")
         for r in report["rows"]:
@@ -354,9 +355,7 @@ def main(argv=None) -> int:
     report = {"width": args.width, "size": args.size, "seeds": sorted({r["seed"] for r in rows}),
               "epochs": args.epochs, "merged": args.merge,
               "source": json.loads(source.read_text())["test"] if source.exists() else None,
-              "settings": {k: getattr(args, k) for k in ("source_epochs", "lr", "params_ratio", "lam", "threshold",
-                                                         "rounds", "round_epochs", "round_lr", "finetune_epochs",
-                                                         "head_norm_stats")},
+              "settings": {k: getattr(args, k) for k in POOLED_SETTINGS + ("rounds",)},
               "summary": summary(rows), "targets": targets(rows), "rows": rows,
               "environment": environment(), "date": time.strftime("%Y-%m-%d"),
               "command": "python benchmarks/channel_scaling.py " + " ".join(sys.argv[1:])}

@@ -240,7 +240,7 @@ def _cs_args(merge, **changes):
 
     settings = {"source_epochs": 15, "lr": 1e-3, "params_ratio": 0.05, "lam": 1e-3, "threshold": 0.05,
                 "rounds": 25, "round_epochs": 3, "round_lr": 1e-2, "finetune_epochs": 5,
-                "head_norm_stats": "target", "width": 0.25, "size": 64}
+                "head_norm_stats": "target", "width": 0.25, "size": 64, "epochs": 10}
     settings.update(changes)
     return channel_scaling, Namespace(merge=[str(m) for m in merge], **settings)
 
@@ -251,7 +251,7 @@ def _cs_report(path, seeds, rounds=20, **settings):
     base.update(settings)
     rows = [{"arm": arm, "seed": s, "accuracy": 0.8 + s / 100, "tag": path.name} for s in seeds
             for arm in ("full", "channel_scaling")]
-    path.write_text(json.dumps({"width": 0.25, "size": 64, "settings": base, "rows": rows}))
+    path.write_text(json.dumps({"width": 0.25, "size": 64, "epochs": 10, "settings": base, "rows": rows}))
     return path
 
 
@@ -271,6 +271,9 @@ def test_channel_scaling_refuses_to_pool_other_settings_and_names_them(tmp_path)
     other = _cs_report(tmp_path / "other.json", [0], head_norm_stats="source")
     cs, args = _cs_args([other])
     with pytest.raises(SystemExit, match=r"other.json.*head_norm_stats"):
+        cs.pooled_rows(args, [])
+    cs, args = _cs_args([_cs_report(tmp_path / "same.json", [0])], epochs=20)
+    with pytest.raises(SystemExit, match=r"same.json.*epochs"):
         cs.pooled_rows(args, [])
     cs, args = _cs_args([tmp_path / "missing.json"])
     with pytest.raises(SystemExit, match="missing.json"):

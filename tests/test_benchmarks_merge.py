@@ -233,22 +233,21 @@ def test_sauron_budget_reads_a_uniform_rows_size_from_its_model(tmp_path):
     assert (out["epochs"], out["tau_max"], out["train_seconds"]) == (60, None, 123.4)
 
 
+_CS_SETTINGS = {"source_epochs": 15, "lr": 1e-3, "params_ratio": 0.05, "lam": 1e-3, "threshold": 0.05,
+                "round_epochs": 3, "round_lr": 1e-2, "finetune_epochs": 5, "head_norm_stats": "target"}
+
+
 def _cs_args(merge, **changes):
     from argparse import Namespace
 
     import channel_scaling
 
-    settings = {"source_epochs": 15, "lr": 1e-3, "params_ratio": 0.05, "lam": 1e-3, "threshold": 0.05,
-                "rounds": 25, "round_epochs": 3, "round_lr": 1e-2, "finetune_epochs": 5,
-                "head_norm_stats": "target", "width": 0.25, "size": 64, "epochs": 10}
-    settings.update(changes)
+    settings = {**_CS_SETTINGS, "rounds": 25, "width": 0.25, "size": 64, "epochs": 10, **changes}
     return channel_scaling, Namespace(merge=[str(m) for m in merge], **settings)
 
 
 def _cs_report(path, seeds, rounds=20, **settings):
-    base = {"source_epochs": 15, "lr": 1e-3, "params_ratio": 0.05, "lam": 1e-3, "threshold": 0.05,
-            "rounds": rounds, "round_epochs": 3, "round_lr": 1e-2, "finetune_epochs": 5, "head_norm_stats": "target"}
-    base.update(settings)
+    base = {**_CS_SETTINGS, "rounds": rounds, **settings}
     rows = [{"arm": arm, "seed": s, "accuracy": 0.8 + s / 100, "tag": path.name} for s in seeds
             for arm in ("full", "channel_scaling")]
     path.write_text(json.dumps({"width": 0.25, "size": 64, "epochs": 10, "settings": base, "rows": rows}))

@@ -341,7 +341,7 @@ def plot(report: dict, path: Path) -> None:
                     textcoords="offset points", xytext=(4, -8))
     ax.set_xlabel("GFLOPs per image")
     ax.set_ylabel("test Dice")
-    ax.set_title(f"{report['dataset']}: one SSHN vs {len(fixed)} fixed U-Nets")
+    ax.set_title(f"{report['dataset']}, {report['epochs']} epochs: one SSHN vs {len(fixed)} fixed U-Nets")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -10,6 +10,9 @@ with ``--epochs`` epochs and the final weights kept (``train.keep: last``):
   alternative to predicting instance-norm affines);
 - ``sshn-unscaled``: the same without dividing the hypernetwork's last
   features by their count (``scale_features: false``);
+- ``sshn-narrow``: the same with phi ~ U(0.2, 0.5): with constant widths the
+  factors below 0.2 save few FLOPs, so the narrower range gives up little of
+  the curve for fewer resolutions to share the weights between;
 - ``stochastic``: one U-Net whose weights serve every phi, phi ~ U(0, 0.5);
 - ``fixed``: one U-Net per phi in ``--fixed-phis``.
 
@@ -40,9 +43,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _merge import earlier_report  # noqa: E402
 
-SWEPT = ("sshn", "stochastic", "sshn-nonorm", "sshn-unscaled")
+SWEPT = ("sshn", "stochastic", "sshn-nonorm", "sshn-unscaled", "sshn-narrow")
 CONFIGS = {"kvasir": "kvasir-sshn", "hippocampus": "hippocampus-sshn"}
-MODELS = ("sshn", "sshn-nonorm", "sshn-unscaled", "stochastic", "fixed")
+MODELS = ("sshn", "sshn-nonorm", "sshn-unscaled", "sshn-narrow", "stochastic", "fixed")
+NARROW_RANGE = [0.2, 0.5]
 SWEEP = "0.025:0.5:20"
 OUTSIDE = (0.6, 0.7, 0.8, 1.0)
 
@@ -111,6 +115,8 @@ def model_spec(sshn: dict, model: str, phi: float | None) -> dict:
         return {**sshn, "norm": "none"}
     if model == "sshn-unscaled":
         return {**sshn, "scale_features": False}
+    if model == "sshn-narrow":
+        return {**sshn, "phi_range": NARROW_RANGE}
     if model == "stochastic":
         low, high = sshn["phi_range"]
         return {**unet, "phi": (low + high) / 2, "phi_range": [low, high]}
@@ -195,7 +201,7 @@ def collect(args) -> dict:
     per_seed = []
     for seed in args.seeds:
         runs = {m: Path(args.runs) / run_name(args.dataset, m, seed)
-                for m in ("sshn", "sshn-nonorm", "sshn-unscaled", "stochastic")}
+                for m in SWEPT}
         fixed = {phi: Path(args.runs) / run_name(args.dataset, "fixed", seed, phi) for phi in args.fixed_phis}
         entry = {"seed": seed, "sweeps": {}, "fixed": {}, "train_seconds": {}}
         for model, run in runs.items():
@@ -255,26 +261,37 @@ def comparison(data: dict, fixed_phis: list[float]) -> list[dict]:
                          "flops": flops[0] if flops else None,
                          "ort_ms_1t": statistics.median(ort) if ort else None}
         row["sshn_minus_fixed"] = _paired(data, phi, "sshn")
+        row["narrow_minus_fixed"] = _paired(data, phi, "sshn-narrow")
+        row["narrow_minus_sshn"] = _paired(data, phi, "sshn-narrow", "sshn")
         rows.append(row)
     return rows
 
 
-def _paired(data: dict, phi: float, name: str) -> tuple[float, float]:
+def _paired(data: dict, phi: float, name: str, base: str = "fixed") -> tuple[float, float]:
+    """Dice of ``name`` minus Dice of ``base`` at phi, per seed (mean, sd)."""
     diffs = []
     for s in data["seeds"]:
-        f, h = s["fixed"].get(f"{phi:g}"), _at(s["sweeps"].get(name, []), phi)
-        if f and h:
-            diffs.append(h["dice"] - f["dice"])
+        b = s["fixed"].get(f"{phi:g}") if base == "fixed" else _at(s["sweeps"].get(base, []), phi)
+        h = _at(s["sweeps"].get(name, []), phi)
+        if b and h:
+            diffs.append(h["dice"] - b["dice"])
     return _mean_sd(diffs)
+
+
+def train_range(name: str) -> list[float]:
+    """The phi range a swept model was trained over (the configs' own for all but one)."""
+    return NARROW_RANGE if name == "sshn-narrow" else [0.0, 0.5]
 
 
 def curve(data: dict, name: str) -> list[dict]:
     """Mean Dice per phi over seeds for a swept model."""
     phis = sorted({r["phi"] for s in data["seeds"] for r in s["sweeps"].get(name, [])})
+    low, high = train_range(name)
     out = []
     for phi in phis:
         rows = [r for s in data["seeds"] if (r := _at(s["sweeps"].get(name, []), phi))]
-        out.append({"phi": phi, "in_range": phi <= 0.5 + 1e-9, "dice": _mean_sd([r["dice"] for r in rows]),
+        out.append({"phi": phi, "in_range": low - 1e-9 <= phi <= high + 1e-9,
+                    "dice": _mean_sd([r["dice"] for r in rows]),
                     "hd95": _mean_sd([r.get("hd95", float("nan")) for r in rows]), "n": len(rows),
                     "flops": rows[0]["flops"], "ort_ms_1t": statistics.median(r["ort_ms_1t"] for r in rows)})
     return out
@@ -297,19 +314,26 @@ def training_times(data: dict) -> list[dict]:
 def print_report(report: dict) -> None:
     print(f"\nSSHN vs Fixed vs Stochastic, {report['dataset']}, test Dice mean (sd) over seeds "
           f"{report['seeds_used']}")
-    print(f"{'phi':>5} {'GFLOPs':>7} {'ORT ms':>7} {'Fixed':>15} {'SSHN':>15} {'Stochastic':>15} "
-          f"{'SSHN no norm':>15} {'SSHN unscaled':>15} {'SSHN-Fixed':>15}")
-    for r in report["comparison"]:
-        cells = [f"{r[n]['dice'][0]:.4f} ({r[n]['dice'][1]:.3f}) n={r[n]['n']}" for n in ("fixed", *SWEPT)]
-        d = r["sshn_minus_fixed"]
+    rows = report["comparison"]
+    shown = [n for n in ("fixed", *SWEPT) if any(r[n]["n"] for r in rows)]
+    diffs = [d for d in ("sshn_minus_fixed", "narrow_minus_fixed", "narrow_minus_sshn")
+             if any(r[d][0] == r[d][0] for r in rows)]  # NaN where no seed has both
+    print(f"{'phi':>5} {'GFLOPs':>7} {'ORT ms':>7} " + " ".join(f"{n:>19}" for n in shown)
+          + " " + " ".join(f"{d:>18}" for d in diffs))
+    for r in rows:
+        cells = [f"{r[n]['dice'][0]:.4f} ({r[n]['dice'][1]:.3f}) n={r[n]['n']}" for n in shown]
         print(f"{r['phi']:5.2f} {(r['fixed']['flops'] or 0) / 1e9:7.3f} {r['fixed']['ort_ms_1t'] or 0:7.2f} "
-              + " ".join(f"{c:>19}" for c in cells) + f" {d[0]:+.4f} ({d[1]:.3f})")
-    print("\nSSHN sweep (test, mean over seeds):")
-    print(f"{'phi':>6} {'in range':>8} {'Dice':>15} {'HD95':>8} {'GFLOPs':>7} {'ORT ms':>7}")
-    for r in report["sshn_curve"]:
-        print(f"{r['phi']:6.3f} {'yes' if r['in_range'] else 'NO':>8} "
-              f"{r['dice'][0]:.4f} ({r['dice'][1]:.3f}) {r['hd95'][0]:8.2f} {r['flops'] / 1e9:7.3f} "
-              f"{r['ort_ms_1t']:7.2f}")
+              + " ".join(f"{c:>19}" for c in cells) + " "
+              + " ".join(f"{r[d][0]:+.4f} ({r[d][1]:.3f})".rjust(18) for d in diffs))
+    for name in ("sshn", "sshn-narrow"):
+        if not report["curves"].get(name):
+            continue
+        print(f"\n{name} sweep (test, mean over seeds), trained over phi {train_range(name)}:")
+        print(f"{'phi':>6} {'in range':>8} {'Dice':>15} {'HD95':>8} {'GFLOPs':>7} {'ORT ms':>7}")
+        for r in report["curves"][name]:
+            print(f"{r['phi']:6.3f} {'yes' if r['in_range'] else 'NO':>8} "
+                  f"{r['dice'][0]:.4f} ({r['dice'][1]:.3f}) {r['hd95'][0]:8.2f} {r['flops'] / 1e9:7.3f} "
+                  f"{r['ort_ms_1t']:7.2f}")
     print("\ntraining seconds:")
     for t in report["training_times"]:
         print("  " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.items()))
@@ -325,7 +349,8 @@ def plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for name, marker in (("sshn", "o"), ("stochastic", "^"), ("sshn-nonorm", "v"), ("sshn-unscaled", "<")):
+    for name, marker in (("sshn", "o"), ("stochastic", "^"), ("sshn-nonorm", "v"), ("sshn-unscaled", "<"),
+                         ("sshn-narrow", "D")):
         pts = report["curves"].get(name) or []
         inside = [p for p in pts if p["in_range"]]
         if inside:

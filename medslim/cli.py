@@ -112,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     _training_arguments(q, "kvasir-sshn, hippocampus-sshn")
     q = ssub.add_parser("sweep", help="Dice, HD95, FLOPs and ONNX Runtime latency of the U-Net at each phi")
     q.add_argument("run", type=Path)
-    q.add_argument("--phis", default="0.05:0.5:20", help="START:STOP:COUNT or a comma list (default 0.05:0.5:20)")
+    q.add_argument("--phis", help="START:STOP:COUNT or a comma list (default: 20 factors across the "
+                                  "training range, from 0.05 where it starts at 0)")
     q.add_argument("--split", default="val", choices=["val", "test"],
                    help="choose phi on val (default), report on test")
     q.add_argument("--threads", type=int, default=1, help="threads for the latency (default 1)")
@@ -303,7 +304,7 @@ def cmd_sshn(args) -> int:
         _print_results(results["test"], f"U-Net at phi={args.phi:g} ({run})")
         print(f"run folder: {run}")
         return 0
-    phis = sshn_jobs.parse_phis(args.phis)
+    phis = sshn_jobs.parse_phis(args.phis) if args.phis else None
 
     def progress(i, n, row):
         print(f"[{i}/{n}] phi={row['phi']:.3f}  dice={row.get('dice', float('nan')):.4f}  "

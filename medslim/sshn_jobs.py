@@ -25,6 +25,7 @@ from medslim.jobs import (_evaluate, _manifest_extra, load_data, read_run_config
 
 SWEEP_SPEC = re.compile(r"^\s*([0-9.]+)\s*:\s*([0-9.]+)\s*:\s*([0-9]+)\s*$")
 PHI_MAX = 1.5
+MIN_DEFAULT_PHI = 0.05
 
 
 def parse_phis(text: str) -> list[float]:
@@ -45,6 +46,16 @@ def parse_phis(text: str) -> list[float]:
     if not phis or bad:
         raise ConfigError(f"--phis must lie in (0, {PHI_MAX}], got {bad or text!r}")
     return [round(p, 6) for p in phis]
+
+
+def default_phis(phi_range, count: int = 20) -> list[float]:
+    """``count`` factors evenly spaced across a training range, the sweep's default.
+
+    A range that starts at 0 is swept from 0.05: near 0 every deep map sits at
+    its size floor, so the smallest factors give the same network.
+    """
+    low, high = phi_range
+    return parse_phis(f"{max(low, MIN_DEFAULT_PHI)}:{high}:{count}")
 
 
 def load_sshn(run: Path):
@@ -70,7 +81,7 @@ def train_sshn(cfg: dict, **kwargs) -> Path:
     return train_run(cfg, **kwargs)
 
 
-def sweep_run(run: Path, phis: list[float], split: str = "val", threads: int = 1, repeats: int = 10,
+def sweep_run(run: Path, phis: list[float] | None = None, split: str = "val", threads: int = 1, repeats: int = 10,
               onnx: bool = True, hd95: bool | None = None, data_path: str | None = None,
               progress=None) -> dict[str, Any]:
     """Measure the exported U-Net at every phi; writes ``sweep-<split>.json`` and ``.png``.
@@ -78,7 +89,8 @@ def sweep_run(run: Path, phis: list[float], split: str = "val", threads: int = 1
     ``threads`` is what ONNX Runtime gets for the latency; the evaluation uses
     every core PyTorch is allowed.
 
-    Choose phi on ``val``; report on ``test``. Factors outside the training
+    ``phis`` defaults to 20 factors across the run's training range
+    (:func:`default_phis`). Choose phi on ``val``; report on ``test``. Factors outside the training
     range are measured too and flagged ``in_range: false``: the hypernetwork
     was never trained there, and the table shows how far that goes wrong.
     """
@@ -88,6 +100,7 @@ def sweep_run(run: Path, phis: list[float], split: str = "val", threads: int = 1
         if not isinstance(value, int) or value < 1:
             raise ConfigError(f"{name} must be a positive integer, got {value!r}")
     sshn, cfg = load_sshn(run)
+    phis = default_phis(sshn.phi_range) if phis is None else phis
     data, _ = load_data(cfg, data_path, load_split(run / "split.json"))
     shape = sshn.medslim_manifest["extra"]["input_shape"]
     eval_cfg = dict(cfg["eval"], hd95=cfg["eval"]["hd95"] if hd95 is None else hd95)

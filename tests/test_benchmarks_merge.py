@@ -110,6 +110,22 @@ def test_sshn_benchmark_refuses_a_bad_phi_list_before_training(capsys):
     assert sshn.parse_args(["--phis", "0.1:0.5:5"]).phis == "0.1:0.5:5"
 
 
+def test_sshn_narrow_row_trains_over_its_own_range_and_is_compared_per_seed():
+    spec = {"name": "sshn", "phi_range": [0.0, 0.5], "hidden": [4], "features": 8}
+    assert sshn.model_spec(spec, "sshn-narrow", None)["phi_range"] == sshn.NARROW_RANGE
+    assert spec["phi_range"] == [0.0, 0.5]  # the config's own section is left alone
+    rows = lambda *dice: [{"phi": phi, "dice": d, "flops": 1, "ort_ms_1t": 1.0}  # noqa: E731
+                          for phi, d in zip((0.1, 0.3), dice)]
+    data = {"seeds": [{"seed": 0, "fixed": {"0.3": {"dice": 0.70}},
+                       "sweeps": {"sshn": rows(0.5, 0.60), "sshn-narrow": rows(0.3, 0.72)}},
+                      {"seed": 1, "fixed": {"0.3": {"dice": 0.80}},
+                       "sweeps": {"sshn": rows(0.5, 0.70), "sshn-narrow": rows(0.3, 0.78)}}]}
+    assert sshn._paired(data, 0.3, "sshn-narrow")[0] == pytest.approx(0.0)
+    assert sshn._paired(data, 0.3, "sshn-narrow", "sshn")[0] == pytest.approx(0.1)
+    assert [p["in_range"] for p in sshn.curve(data, "sshn-narrow")] == [False, True]
+    assert [p["in_range"] for p in sshn.curve(data, "sshn")] == [True, True]
+
+
 def test_sauron_budget_names_its_runs_by_what_differs_from_the_paper():
     import sauron_budget
 

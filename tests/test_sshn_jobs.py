@@ -4,7 +4,7 @@ import pytest
 
 from medslim.cli import main
 from medslim.errors import ConfigError
-from medslim.sshn_jobs import parse_phis
+from medslim.sshn_jobs import default_phis, parse_phis
 
 TINY = ["-o", "data.limit=24", "-o", "data.size=[32,32]", "-o", "model.channels=[4,4,4]",
         "-o", "model.hidden=[8,16]", "-o", "train.epochs=1", "--quiet"]
@@ -17,6 +17,22 @@ def test_parse_phis():
     for bad in ("0.5:0.1:5", "a,b", "0:0.5:5", "0.1,2.0", ""):
         with pytest.raises(ConfigError, match="--phis"):
             parse_phis(bad)
+
+
+def test_the_default_sweep_spans_the_training_range():
+    assert default_phis([0.0, 0.5]) == parse_phis("0.05:0.5:20")  # not 0: every deep map at its floor
+    phis = default_phis([0.2, 0.4], count=5)
+    assert phis == pytest.approx([0.2, 0.25, 0.3, 0.35, 0.4])
+
+
+def test_sweep_without_phis_follows_the_runs_training_range(tmp_path, shared_data):
+    runs = tmp_path / "runs"
+    assert main(["sshn", "train", "kvasir-sshn", "--data", str(shared_data), "--output", str(runs),
+                 "--name", "narrow", *TINY, "-o", "model.phi_range=[0.2,0.4]"]) == 0
+    assert main(["sshn", "sweep", str(runs / "narrow"), "--no-onnx", "--no-hd95"]) == 0
+    rows = json.loads((runs / "narrow" / "sweep-val.json").read_text())["rows"]
+    assert len(rows) == 20 and rows[0]["phi"] == 0.2 and rows[-1]["phi"] == 0.4
+    assert all(r["in_range"] for r in rows)
 
 
 @pytest.fixture(scope="module")

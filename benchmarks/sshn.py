@@ -13,6 +13,7 @@ with ``--epochs`` epochs and the final weights kept (``train.keep: last``):
 - ``sshn-narrow``: the same with phi ~ U(0.2, 0.5): with constant widths the
   factors below 0.2 save few FLOPs, so the narrower range gives up little of
   the curve for fewer resolutions to share the weights between;
+- ``stochastic-narrow``: the Stochastic U-Net over the same U(0.2, 0.5);
 - ``stochastic``: one U-Net whose weights serve every phi, phi ~ U(0, 0.5);
 - ``fixed``: one U-Net per phi in ``--fixed-phis``.
 
@@ -43,9 +44,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _merge import earlier_report  # noqa: E402
 
-SWEPT = ("sshn", "stochastic", "sshn-nonorm", "sshn-unscaled", "sshn-narrow")
+SWEPT = ("sshn", "stochastic", "sshn-nonorm", "sshn-unscaled", "sshn-narrow", "stochastic-narrow")
 CONFIGS = {"kvasir": "kvasir-sshn", "hippocampus": "hippocampus-sshn"}
-MODELS = ("sshn", "sshn-nonorm", "sshn-unscaled", "sshn-narrow", "stochastic", "fixed")
+MODELS = ("sshn", "sshn-nonorm", "sshn-unscaled", "sshn-narrow", "stochastic", "stochastic-narrow", "fixed")
 NARROW_RANGE = [0.2, 0.5]
 SWEEP = "0.025:0.5:20"
 OUTSIDE = (0.6, 0.7, 0.8, 1.0)
@@ -117,8 +118,8 @@ def model_spec(sshn: dict, model: str, phi: float | None) -> dict:
         return {**sshn, "scale_features": False}
     if model == "sshn-narrow":
         return {**sshn, "phi_range": NARROW_RANGE}
-    if model == "stochastic":
-        low, high = sshn["phi_range"]
+    if model.startswith("stochastic"):
+        low, high = NARROW_RANGE if model == "stochastic-narrow" else sshn["phi_range"]
         return {**unet, "phi": (low + high) / 2, "phi_range": [low, high]}
     return {**unet, "phi": phi}
 
@@ -208,7 +209,7 @@ def collect(args) -> dict:
             if not (run / "results.json").exists():
                 continue
             entry["train_seconds"][model] = _train_seconds(run)
-            entry["sweeps"][model] = (sweep_hyper(run, args) if model != "stochastic"
+            entry["sweeps"][model] = (sweep_hyper(run, args) if not model.startswith("stochastic")
                                       else sweep_unet(run, sweep_phis(args.phis), args))["rows"]
         for phi, run in fixed.items():
             if (run / "results.json").exists():
@@ -263,6 +264,7 @@ def comparison(data: dict, fixed_phis: list[float]) -> list[dict]:
         row["sshn_minus_fixed"] = _paired(data, phi, "sshn")
         row["narrow_minus_fixed"] = _paired(data, phi, "sshn-narrow")
         row["narrow_minus_sshn"] = _paired(data, phi, "sshn-narrow", "sshn")
+        row["narrow_minus_stochastic_narrow"] = _paired(data, phi, "sshn-narrow", "stochastic-narrow")
         rows.append(row)
     return rows
 
@@ -280,7 +282,7 @@ def _paired(data: dict, phi: float, name: str, base: str = "fixed") -> tuple[flo
 
 def train_range(name: str) -> list[float]:
     """The phi range a swept model was trained over (the configs' own for all but one)."""
-    return NARROW_RANGE if name == "sshn-narrow" else [0.0, 0.5]
+    return NARROW_RANGE if name.endswith("-narrow") else [0.0, 0.5]
 
 
 def curve(data: dict, name: str) -> list[dict]:
@@ -316,7 +318,8 @@ def print_report(report: dict) -> None:
           f"{report['seeds_used']}")
     rows = report["comparison"]
     shown = [n for n in ("fixed", *SWEPT) if any(r[n]["n"] for r in rows)]
-    diffs = [d for d in ("sshn_minus_fixed", "narrow_minus_fixed", "narrow_minus_sshn")
+    diffs = [d for d in ("sshn_minus_fixed", "narrow_minus_fixed", "narrow_minus_sshn",
+                         "narrow_minus_stochastic_narrow")
              if any(r[d][0] == r[d][0] for r in rows)]  # NaN where no seed has both
     print(f"{'phi':>5} {'GFLOPs':>7} {'ORT ms':>7} " + " ".join(f"{n:>19}" for n in shown)
           + " " + " ".join(f"{d:>18}" for d in diffs))
@@ -325,7 +328,7 @@ def print_report(report: dict) -> None:
         print(f"{r['phi']:5.2f} {(r['fixed']['flops'] or 0) / 1e9:7.3f} {r['fixed']['ort_ms_1t'] or 0:7.2f} "
               + " ".join(f"{c:>19}" for c in cells) + " "
               + " ".join(f"{r[d][0]:+.4f} ({r[d][1]:.3f})".rjust(18) for d in diffs))
-    for name in ("sshn", "sshn-narrow"):
+    for name in ("sshn", "sshn-narrow", "stochastic-narrow"):
         if not report["curves"].get(name):
             continue
         print(f"\n{name} sweep (test, mean over seeds), trained over phi {train_range(name)}:")
@@ -350,7 +353,7 @@ def plot(report: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for name, marker in (("sshn", "o"), ("stochastic", "^"), ("sshn-nonorm", "v"), ("sshn-unscaled", "<"),
-                         ("sshn-narrow", "D")):
+                         ("sshn-narrow", "D"), ("stochastic-narrow", "x")):
         pts = report["curves"].get(name) or []
         inside = [p for p in pts if p["in_range"]]
         if inside:

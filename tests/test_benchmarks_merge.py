@@ -114,6 +114,9 @@ def test_sshn_narrow_row_trains_over_its_own_range_and_is_compared_per_seed():
     spec = {"name": "sshn", "phi_range": [0.0, 0.5], "hidden": [4], "features": 8}
     assert sshn.model_spec(spec, "sshn-narrow", None)["phi_range"] == sshn.NARROW_RANGE
     assert spec["phi_range"] == [0.0, 0.5]  # the config's own section is left alone
+    stochastic = sshn.model_spec(spec, "stochastic-narrow", None)
+    assert stochastic["name"] == "unet" and stochastic["phi_range"] == sshn.NARROW_RANGE
+    assert sshn.model_spec(spec, "stochastic", None)["phi_range"] == [0.0, 0.5]
     rows = lambda *dice: [{"phi": phi, "dice": d, "flops": 1, "ort_ms_1t": 1.0}  # noqa: E731
                           for phi, d in zip((0.1, 0.3), dice)]
     data = {"seeds": [{"seed": 0, "fixed": {"0.3": {"dice": 0.70}},

@@ -281,7 +281,7 @@ def _paired(data: dict, phi: float, name: str, base: str = "fixed") -> tuple[flo
 
 
 def train_range(name: str) -> list[float]:
-    """The phi range a swept model was trained over (the configs' own for all but one)."""
+    """The phi range a swept model was trained over (the configs' own but for the narrow rows)."""
     return NARROW_RANGE if name.endswith("-narrow") else [0.0, 0.5]
 
 

@@ -55,7 +55,8 @@ def default_phis(phi_range, count: int = 20) -> list[float]:
     its size floor, so the smallest factors give the same network.
     """
     low, high = phi_range
-    return parse_phis(f"{max(low, MIN_DEFAULT_PHI)}:{high}:{count}")
+    start = min(max(low, MIN_DEFAULT_PHI), high)
+    return parse_phis(f"{start}:{high}:{count if start < high else 1}")
 
 
 def load_sshn(run: Path):

@@ -23,6 +23,7 @@ def test_the_default_sweep_spans_the_training_range():
     assert default_phis([0.0, 0.5]) == parse_phis("0.05:0.5:20")  # not 0: every deep map at its floor
     phis = default_phis([0.2, 0.4], count=5)
     assert phis == pytest.approx([0.2, 0.25, 0.3, 0.35, 0.4])
+    assert default_phis([0.0, 0.03]) == [0.03]  # a range below 0.05 is swept at its top
 
 
 def test_sweep_without_phis_follows_the_runs_training_range(tmp_path, shared_data):

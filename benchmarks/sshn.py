@@ -110,6 +110,7 @@ def model_spec(sshn: dict, model: str, phi: float | None) -> dict:
     """The model section for each row, from the SSHN config's primary U-Net."""
     unet = {k: v for k, v in sshn.items() if k not in ("name", "phi_range", "hidden", "phi")}
     unet.update(name="unet", downsampling="resize")
+    low, high = NARROW_RANGE if model.endswith("-narrow") else sshn["phi_range"]
     if model == "sshn":
         return sshn
     if model == "sshn-nonorm":
@@ -117,9 +118,8 @@ def model_spec(sshn: dict, model: str, phi: float | None) -> dict:
     if model == "sshn-unscaled":
         return {**sshn, "scale_features": False}
     if model == "sshn-narrow":
-        return {**sshn, "phi_range": NARROW_RANGE}
+        return {**sshn, "phi_range": [low, high]}
     if model.startswith("stochastic"):
-        low, high = NARROW_RANGE if model == "stochastic-narrow" else sshn["phi_range"]
         return {**unet, "phi": (low + high) / 2, "phi_range": [low, high]}
     return {**unet, "phi": phi}
 
@@ -281,7 +281,7 @@ def _paired(data: dict, phi: float, name: str, base: str = "fixed") -> tuple[flo
 
 
 def train_range(name: str) -> list[float]:
-    """The phi range a swept model was trained over (the configs' own but for the narrow rows)."""
+    """The phi range a swept model was trained over (the configs' [0, 0.5] but for the narrow rows)."""
     return NARROW_RANGE if name.endswith("-narrow") else [0.0, 0.5]
 
 

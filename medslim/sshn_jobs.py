@@ -91,9 +91,10 @@ def sweep_run(run: Path, phis: list[float] | None = None, split: str = "val", th
     every core PyTorch is allowed.
 
     ``phis`` defaults to 20 factors across the run's training range
-    (:func:`default_phis`). Choose phi on ``val``; report on ``test``. Factors outside the training
-    range are measured too and flagged ``in_range: false``: the hypernetwork
-    was never trained there, and the table shows how far that goes wrong.
+    (:func:`default_phis`). Choose phi on ``val``; report on ``test``.
+    Factors outside the training range are measured too and flagged
+    ``in_range: false``: the hypernetwork was never trained there, and the
+    table shows how far that goes wrong.
     """
     from medslim.data.splits import load_split
 

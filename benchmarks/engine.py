@@ -9,6 +9,10 @@
 
     python benchmarks/engine.py --repeats 30
     python benchmarks/engine.py --repeats 30 --round-to 8 --out benchmarks/results/engine-round8.json
+    python benchmarks/engine.py --repeats 30 --round-to 8 --profile --out /tmp/engine.json   # where the time goes
+
+Full and pruned model are timed in turns (one call each per round), so the
+machine's load hits both alike; "paired" is the median of the per-round ratios.
 """
 
 from __future__ import annotations
@@ -47,10 +51,17 @@ def time_prune(spec, shape, ratio, repeats=3) -> dict:
     return {"graph_seconds": statistics.median(graph_s), "prune_seconds": statistics.median(total_s)}
 
 
-def latency(spec, shape, ratio, threads, repeats, round_to=1) -> dict:
-    from medslim.cost import count_flops, export_onnx, latency_onnx
+def latency(spec, shape, ratio, threads, repeats, round_to=1, profile=False) -> dict:
+    """ONNX Runtime ms of the U-Net and its L1-pruned copy, timed in turns (one call each per round).
+
+    Interleaving keeps the shared machine's slow minutes from landing on one
+    model only; the per-round ratio pairs the two calls of a round.
+    """
+    from medslim.cost import count_flops, export_onnx
+    from medslim.cost.latency import ort_feeds, ort_session
     from medslim.models import build_model
     from medslim.pruning import prune
+    from onnx_timing import sessions_in_turns
 
     torch.manual_seed(0)
     model = build_model(spec).eval()
@@ -61,10 +72,53 @@ def latency(spec, shape, ratio, threads, repeats, round_to=1) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         paths = {k: export_onnx(m, x, Path(tmp) / f"{k}.onnx")["path"] for k, m in (("full", model), ("pruned", small))}
         for t in threads:
-            full = latency_onnx(paths["full"], x, t, repeats=repeats)["median_ms"]
-            pruned = latency_onnx(paths["pruned"], x, t, repeats=repeats)["median_ms"]
-            out[f"{t}t"] = {"full_ms": full, "pruned_ms": pruned, "speedup": full / pruned}
+            sessions = {}
+            for k, path in paths.items():
+                session = ort_session(path, t)
+                sessions[k] = (session, ort_feeds(session, x))
+            times = sessions_in_turns(sessions, repeats)
+            full, pruned = (1e3 * statistics.median(times[k]) for k in ("full", "pruned"))
+            paired = statistics.median(f / p for f, p in zip(times["full"], times["pruned"]))
+            out[f"{t}t"] = {"full_ms": full, "pruned_ms": pruned, "speedup": full / pruned,
+                            "speedup_paired": paired}
+        if profile:
+            out["profile_1t"] = {k: op_profile(path, x, Path(tmp) / k) for k, path in paths.items()}
     return out
+
+
+def op_profile(onnx_path, x, prefix, warmup=3, calls=10) -> dict[str, float]:
+    """Milliseconds per call spent in each ONNX operator type, from ONNX Runtime's own profiler (1 thread)."""
+    import json
+
+    from medslim.cost.latency import ort_feeds, ort_session
+
+    session = ort_session(onnx_path, 1, profile_prefix=str(prefix))
+    feeds = ort_feeds(session, x)
+    for _ in range(warmup + calls):
+        session.run(None, feeds)
+    events = json.loads(Path(session.end_profiling()).read_text())
+    runs = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e["name"] == "model_run")
+    first_timed = runs[warmup]  # the warm-up calls' allocations stay out of the shares
+    per_op: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= first_timed:
+            op = e["args"]["op_name"]
+            per_op[op] = per_op.get(op, 0.0) + e["dur"] / 1e3 / calls
+    return dict(sorted(per_op.items(), key=lambda kv: -kv[1]))
+
+
+def print_profiles(profiles: dict[str, dict]) -> None:
+    """Per case, ms per call and share of each operator type, full and pruned, with the speed-up per type."""
+    for name, prof in profiles.items():
+        full, pruned = prof["full"], prof["pruned"]
+        tf, tp = sum(full.values()), sum(pruned.values())
+        print(f"\n{name}, ONNX Runtime profile, 1 thread: {'full ms':>9s} {'share':>6s} {'pruned ms':>10s} "
+              f"{'share':>6s} {'speed-up':>8s}")
+        for op in full:
+            f, q = full[op], pruned.get(op, 0.0)
+            print(f"  {op:30s} {f:9.2f} {100 * f / tf:5.1f}% {q:10.2f} {100 * q / tp:5.1f}% "
+                  f"{f / q if q else float('nan'):7.2f}x")
+        print(f"  {'all operators':30s} {tf:9.2f} {'':6s} {tp:10.2f} {'':6s} {tf / tp:7.2f}x")
 
 
 def main(argv=None) -> int:
@@ -73,21 +127,25 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--round-to", type=int, default=1, help="pruned widths multiples of this")
+    p.add_argument("--profile", action="store_true",
+                   help="also ONNX Runtime's per-operator profile of both models (1 thread), printed and in the JSON")
     p.add_argument("--out", default="benchmarks/results/engine.json")
     args = p.parse_args(argv)
     timing = time_prune(*CASES["3D"], args.ratio)
     print(f"3D U-Net 5 levels, 32 base, input {CASES['3D'][1]}: graph {timing['graph_seconds']:.2f} s, "
           f"graph + score + prune to {args.ratio:g} FLOPs {timing['prune_seconds']:.2f} s (target < 2 s)")
     results = {"timing_3d": timing}
-    print(f"{'case':5s} {'threads':>7s} {'full ms':>9s} {'pruned ms':>10s} {'speed-up':>9s} "
+    print(f"{'case':5s} {'threads':>7s} {'full ms':>9s} {'pruned ms':>10s} {'speed-up':>9s} {'paired':>7s} "
           f"{'FLOPs kept':>10s} {'target':>8s}")
     for name, (spec, shape) in CASES.items():
-        res = latency(spec, shape, args.ratio, args.threads, args.repeats, args.round_to)
+        res = latency(spec, shape, args.ratio, args.threads, args.repeats, args.round_to, args.profile)
         results[name] = res
         for t in args.threads:
             r = res[f"{t}t"]
             print(f"{name:5s} {t:7d} {r['full_ms']:9.1f} {r['pruned_ms']:10.1f} {r['speedup']:8.2f}x "
-                  f"{res['flops_ratio']:10.3f} {0.8 / res['flops_ratio']:7.2f}x")
+                  f"{r['speedup_paired']:6.2f}x {res['flops_ratio']:10.3f} {0.8 / res['flops_ratio']:7.2f}x")
+    if args.profile:
+        print_profiles({name: results[name]["profile_1t"] for name in CASES})
     from medslim._io import write_json
     from medslim.cost.report import environment
 

@@ -24,7 +24,8 @@ on the machine hits all alike. Finished runs are reused. Prints a table,
 writes JSON and a figure of masks (input, bilinear, head, ground truth).
 
     python benchmarks/lowres.py --seeds 0 1 2
-    python benchmarks/lowres.py --sizes 32 --seeds 0 --train-only      # part of it
+    python benchmarks/lowres.py --sizes 32 --seeds 0 --full-seeds --train-only   # part of it
+    (an empty --full-seeds leaves out the full-resolution backbone, 95 minutes per seed on one CPU core)
     python benchmarks/lowres.py --seeds 0 1 2 --report-only
 """
 
@@ -176,17 +177,24 @@ def collect(args) -> dict:
     for arm, size, seed in jobs(args):
         key = f"{arm}-{size}"
         run = Path(args.runs) / run_name(arm, size, seed)
-        if key not in timed and (run / "results.json").exists():
+        if arm not in ABLATIONS and key not in timed and (run / "results.json").exists():
             timed[key] = run  # one trained model per configuration: speed does not depend on weights
     speed = time_models(timed, args) if timed else {}
     return {"rows": with_speed(rows, speed), "speed": speed}
 
 
 def with_speed(rows: list[dict], speed: dict) -> list[dict]:
-    """Rows with this run's timing of their network (an ablation shares the network of its arm)."""
+    """Rows with the timing of their network (an ablation shares the network of its arm).
+
+    This run's timing where it timed the network, else the one recorded with
+    the earlier rows (a report that adds seeds of one arm need not re-time the rest).
+    """
+    timing = {f"{r['arm']}-{r['input_size']}": {k: r[k] for k in ("median_ms", "fps")}
+              for r in rows if "fps" in r and r["arm"] not in ABLATIONS}
+    timing.update(speed)
     for row in rows:
         same_network = "jnet" if row["arm"] in ABLATIONS else row["arm"]
-        row.update(speed.get(f"{same_network}-{row['input_size']}", {}))
+        row.update(timing.get(f"{same_network}-{row['input_size']}", {}))
     return rows
 
 
@@ -228,12 +236,13 @@ def targets(rows: list[dict], groups: list[dict]) -> list[dict]:
     out = []
     for size in sorted({r["input_size"] for r in rows if r["arm"] == "jnet"}):
         entry = {"input_size": size}
-        for base in ("bilinear", "bilinear-low"):
-            gains = [100 * (by[("jnet", size, s)]["dice"] - by[(base, size, s)]["dice"])
-                     for (a, z, s) in by if a == "jnet" and z == size and (base, size, s) in by]
-            if gains:
-                entry[f"gain_vs_{base}_points"] = gains
-                entry[f"gain_vs_{base}_mean"] = statistics.mean(gains)
+        for head, prefix in (("jnet", ""), ("jnet-default", "default_init_")):
+            for base in ("bilinear", "bilinear-low"):
+                gains = [100 * (by[(head, size, s)]["dice"] - by[(base, size, s)]["dice"])
+                         for (a, z, s) in by if a == head and z == size and (base, size, s) in by]
+                if gains:
+                    entry[f"{prefix}gain_vs_{base}_points"] = gains
+                    entry[f"{prefix}gain_vs_{base}_mean"] = statistics.mean(gains)
         if fps.get(("jnet", size)) and fps.get(("bilinear", size)):
             entry["fps_ratio_vs_bilinear"] = fps[("jnet", size)] / fps[("bilinear", size)]
         if fps.get(("jnet", size)) and full_fps:
@@ -305,10 +314,11 @@ def print_report(report: dict) -> None:
     print("\ntargets: head - bilinear >= 5.5 Dice points, < 200 head parameters, FPS >= 80% of bilinear")
     for t in report["targets"]:
         parts = [f"input {t['input_size']}: head params {t['head_params']}"]
-        for base in ("bilinear", "bilinear-low"):
-            if f"gain_vs_{base}_mean" in t:
-                pts = ", ".join(f"{g:+.1f}" for g in t[f"gain_vs_{base}_points"])
-                parts.append(f"vs {base} {t[f'gain_vs_{base}_mean']:+.1f} pts ({pts})")
+        for prefix, head in (("", "head"), ("default_init_", "default-init head")):
+            for base in ("bilinear", "bilinear-low"):
+                if f"{prefix}gain_vs_{base}_mean" in t:
+                    pts = ", ".join(f"{g:+.1f}" for g in t[f"{prefix}gain_vs_{base}_points"])
+                    parts.append(f"{head} vs {base} {t[f'{prefix}gain_vs_{base}_mean']:+.1f} pts ({pts})")
         if "fps_ratio_vs_bilinear" in t:
             parts.append(f"FPS {100 * t['fps_ratio_vs_bilinear']:.0f}% of bilinear")
         if "fps_ratio_vs_full" in t:

@@ -22,7 +22,6 @@ def time_in_turns(models: dict[str, Path], repeats: int, warmup: int = 5) -> dic
     from medslim.cost import export_onnx
     from medslim.cost.latency import ort_feeds, ort_session
 
-    times: dict[str, list[float]] = {k: [] for k in models}
     with tempfile.TemporaryDirectory() as tmp:
         sessions = {}
         for key, run in models.items():
@@ -31,13 +30,20 @@ def time_in_turns(models: dict[str, Path], repeats: int, warmup: int = 5) -> dic
             file = Path(tmp) / f"{key}.onnx"
             export_onnx(model, example, file)  # checked against PyTorch
             session = ort_session(file, threads=1)
-            feeds = ort_feeds(session, example)
-            for _ in range(warmup):
-                session.run(None, feeds)
-            sessions[key] = (session, feeds)
-        for _ in range(repeats):
-            for key, (session, feeds) in sessions.items():
-                start = time.perf_counter()
-                session.run(None, feeds)
-                times[key].append(time.perf_counter() - start)
+            sessions[key] = (session, ort_feeds(session, example))
+        times = sessions_in_turns(sessions, repeats, warmup)
     return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def sessions_in_turns(sessions: dict, repeats: int, warmup: int = 5) -> dict[str, list[float]]:
+    """Seconds of every call of each ``(session, feeds)``, one call per session per round."""
+    for session, feeds in sessions.values():
+        for _ in range(warmup):
+            session.run(None, feeds)
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in range(repeats):
+        for key, (session, feeds) in sessions.items():
+            start = time.perf_counter()
+            session.run(None, feeds)
+            times[key].append(time.perf_counter() - start)
+    return times

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from math import prod
+from pathlib import Path
 
 import pytest
 import torch
@@ -165,6 +166,20 @@ def test_latency_onnx_fields(tmp_path):
     result = latency_onnx(path, x, threads=1, warmup=1, repeats=3)
     assert set(result) == LATENCY_KEYS
     assert result["min_ms"] > 0 and result["repeats"] == 3
+
+
+def test_ort_session_profile_names_each_operator(tmp_path):
+    import json
+
+    from medslim.cost.latency import ort_feeds, ort_session
+
+    x = torch.randn(1, 1, 16, 16)
+    path = export_onnx(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU()), x, tmp_path / "m.onnx", exporter="torchscript")["path"]
+    session = ort_session(path, threads=1, profile_prefix=str(tmp_path / "prof"))
+    session.run(None, ort_feeds(session, x))
+    events = json.loads(Path(session.end_profiling()).read_text())
+    ops = {e["args"]["op_name"] for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")}
+    assert "Conv" in ops  # the ReLU may be fused into it
 
 
 # --- ONNX export -----------------------------------------------------------

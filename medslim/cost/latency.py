@@ -71,12 +71,13 @@ def latency_torch(
     return _summarise(times, threads)
 
 
-def ort_session(onnx_path: str | os.PathLike, threads: int = 1):
+def ort_session(onnx_path: str | os.PathLike, threads: int = 1, profile_prefix: str | None = None):
     """A CPU ONNX Runtime session configured for reproducible latency.
 
     One intra-op pool of ``threads`` threads, no inter-op parallelism,
     sequential execution and all graph optimisations: the setting a deployed
-    single-model CPU service would use.
+    single-model CPU service would use. ``profile_prefix`` turns on ONNX
+    Runtime's per-operator profiler, writing its JSON under that prefix.
     """
     import onnxruntime as ort
 
@@ -85,6 +86,9 @@ def ort_session(onnx_path: str | os.PathLike, threads: int = 1):
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     return ort.InferenceSession(os.fspath(onnx_path), options, providers=["CPUExecutionProvider"])
 
 

@@ -189,7 +189,7 @@ def with_speed(rows: list[dict], speed: dict) -> list[dict]:
     This run's timing where it timed the network, else the one recorded with
     the earlier rows (a report that adds seeds of one arm need not re-time the rest).
     """
-    timing = {f"{r['arm']}-{r['input_size']}": {k: r[k] for k in ("median_ms", "fps")}
+    timing = {f"{r['arm']}-{r['input_size']}": {k: r[k] for k in ("median_ms", "fps") if k in r}
               for r in rows if "fps" in r and r["arm"] not in ABLATIONS}
     timing.update(speed)
     for row in rows:

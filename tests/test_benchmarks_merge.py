@@ -63,6 +63,16 @@ def test_lowres_timing_reaches_earlier_rows_of_the_same_network():
     assert [r.get("fps") for r in rows] == [5.0, 5.0, 2.0]
 
 
+def test_lowres_ablation_rows_added_later_take_the_recorded_timing_of_their_network():
+    import lowres
+
+    rows = [{"arm": "jnet", "input_size": 64, "fps": 165.0, "median_ms": 6.06},
+            {"arm": "jnet-default", "input_size": 64}, {"arm": "jnet-default", "input_size": 32}]
+    lowres.with_speed(rows, {})  # this report timed nothing
+    assert [r.get("fps") for r in rows] == [165.0, 165.0, None]
+    assert rows[1]["median_ms"] == 6.06
+
+
 def test_pruning_report_takes_a_cleaned_away_baseline_from_the_recorded_rows(tmp_path):
     from argparse import Namespace
 

@@ -11,8 +11,9 @@
     python benchmarks/engine.py --repeats 30 --round-to 8 --out benchmarks/results/engine-round8.json
     python benchmarks/engine.py --repeats 30 --round-to 8 --profile --out /tmp/engine.json   # where the time goes
 
-Full and pruned model are timed in turns (one call each per round), so the
-machine's load hits both alike; "paired" is the median of the per-round ratios.
+Full and pruned model are timed in turns (one timed call each per round, after
+two untimed ones with 2 threads), so the machine's load hits both alike;
+"paired" is the median of the per-round ratios.
 """
 
 from __future__ import annotations
@@ -55,7 +56,9 @@ def latency(spec, shape, ratio, threads, repeats, round_to=1, profile=False) -> 
     """ONNX Runtime ms of the U-Net and its L1-pruned copy, timed in turns (one call each per round).
 
     Interleaving keeps the shared machine's slow minutes from landing on one
-    model only; the per-round ratio pairs the two calls of a round.
+    model only; the per-round ratio pairs the two timed calls of a round.
+    With 2 threads each timed call follows two untimed ones, which let the
+    other session's spinning worker threads go idle.
     """
     from medslim.cost import count_flops, export_onnx
     from medslim.cost.latency import ort_feeds, ort_session
@@ -76,49 +79,64 @@ def latency(spec, shape, ratio, threads, repeats, round_to=1, profile=False) -> 
             for k, path in paths.items():
                 session = ort_session(path, t)
                 sessions[k] = (session, ort_feeds(session, x))
-            times = sessions_in_turns(sessions, repeats)
+            times = sessions_in_turns(sessions, repeats, settle=0 if t == 1 else 2)
             full, pruned = (1e3 * statistics.median(times[k]) for k in ("full", "pruned"))
             paired = statistics.median(f / p for f, p in zip(times["full"], times["pruned"]))
             out[f"{t}t"] = {"full_ms": full, "pruned_ms": pruned, "speedup": full / pruned,
                             "speedup_paired": paired}
         if profile:
-            out["profile_1t"] = {k: op_profile(path, x, Path(tmp) / k) for k, path in paths.items()}
+            for t in threads:
+                out[f"profile_{t}t"] = {k: op_profile(path, x, Path(tmp) / f"{k}-{t}t", t)
+                                        for k, path in paths.items()}
     return out
 
 
-def op_profile(onnx_path, x, prefix, warmup=3, calls=10) -> dict[str, float]:
-    """Milliseconds per call spent in each ONNX operator type, from ONNX Runtime's own profiler (1 thread)."""
+def op_profile(onnx_path, x, prefix, threads=1, warmup=3, calls=10) -> dict[str, float]:
+    """Milliseconds per call in each ONNX operator type, from ONNX Runtime's own profiler.
+
+    ``"(whole call)"`` is the wall time of a call as the profiler saw it: what
+    it holds beyond the operators' sum is the handing of work between them
+    (with several threads, waking and joining the pool once per operator).
+    """
     import json
+    import statistics
 
     from medslim.cost.latency import ort_feeds, ort_session
 
-    session = ort_session(onnx_path, 1, profile_prefix=str(prefix))
+    session = ort_session(onnx_path, threads, profile_prefix=str(prefix))
     feeds = ort_feeds(session, x)
     for _ in range(warmup + calls):
         session.run(None, feeds)
     events = json.loads(Path(session.end_profiling()).read_text())
-    runs = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e["name"] == "model_run")
-    first_timed = runs[warmup]  # the warm-up calls' allocations stay out of the shares
+    runs = sorted((e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"),
+                  key=lambda e: e["ts"])[warmup:]  # the warm-up calls' allocations stay out
+    first_timed = runs[0]["ts"]
     per_op: dict[str, float] = {}
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= first_timed:
             op = e["args"]["op_name"]
             per_op[op] = per_op.get(op, 0.0) + e["dur"] / 1e3 / calls
-    return dict(sorted(per_op.items(), key=lambda kv: -kv[1]))
+    per_op = dict(sorted(per_op.items(), key=lambda kv: -kv[1]))
+    return {**per_op, "(whole call)": statistics.median(e["dur"] / 1e3 for e in runs)}
 
 
 def print_profiles(profiles: dict[str, dict]) -> None:
-    """Per case, ms per call and share of each operator type, full and pruned, with the speed-up per type."""
+    """Per case and thread count, ms per call and share of each operator type, full and pruned."""
     for name, prof in profiles.items():
         full, pruned = prof["full"], prof["pruned"]
-        tf, tp = sum(full.values()), sum(pruned.values())
-        print(f"\n{name}, ONNX Runtime profile, 1 thread: {'full ms':>9s} {'share':>6s} {'pruned ms':>10s} "
+        tf = sum(v for k, v in full.items() if k != "(whole call)")
+        tp = sum(v for k, v in pruned.items() if k != "(whole call)")
+        print(f"\n{name}, ONNX Runtime profile: {'full ms':>9s} {'share':>6s} {'pruned ms':>10s} "
               f"{'share':>6s} {'speed-up':>8s}")
         for op in full:
+            if op == "(whole call)":
+                continue
             f, q = full[op], pruned.get(op, 0.0)
             print(f"  {op:30s} {f:9.2f} {100 * f / tf:5.1f}% {q:10.2f} {100 * q / tp:5.1f}% "
                   f"{f / q if q else float('nan'):7.2f}x")
         print(f"  {'all operators':30s} {tf:9.2f} {'':6s} {tp:10.2f} {'':6s} {tf / tp:7.2f}x")
+        wf, wp = full["(whole call)"], pruned["(whole call)"]
+        print(f"  {'whole call':30s} {wf:9.2f} {'':6s} {wp:10.2f} {'':6s} {wf / wp:7.2f}x")
 
 
 def main(argv=None) -> int:
@@ -128,7 +146,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--round-to", type=int, default=1, help="pruned widths multiples of this")
     p.add_argument("--profile", action="store_true",
-                   help="also ONNX Runtime's per-operator profile of both models (1 thread), printed and in the JSON")
+                   help="also ONNX Runtime's per-operator profile of both models at each thread count, "
+                        "printed and in the JSON")
     p.add_argument("--out", default="benchmarks/results/engine.json")
     args = p.parse_args(argv)
     timing = time_prune(*CASES["3D"], args.ratio)
@@ -145,7 +164,8 @@ def main(argv=None) -> int:
             print(f"{name:5s} {t:7d} {r['full_ms']:9.1f} {r['pruned_ms']:10.1f} {r['speedup']:8.2f}x "
                   f"{r['speedup_paired']:6.2f}x {res['flops_ratio']:10.3f} {0.8 / res['flops_ratio']:7.2f}x")
     if args.profile:
-        print_profiles({name: results[name]["profile_1t"] for name in CASES})
+        print_profiles({f"{name}, {t} thread{'s' if t > 1 else ''}": results[name][f"profile_{t}t"]
+                        for name in CASES for t in args.threads})
     from medslim._io import write_json
     from medslim.cost.report import environment
 

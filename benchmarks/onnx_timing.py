@@ -35,14 +35,22 @@ def time_in_turns(models: dict[str, Path], repeats: int, warmup: int = 5) -> dic
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
-def sessions_in_turns(sessions: dict, repeats: int, warmup: int = 5) -> dict[str, list[float]]:
-    """Seconds of every call of each ``(session, feeds)``, one call per session per round."""
+def sessions_in_turns(sessions: dict, repeats: int, warmup: int = 5, settle: int = 0) -> dict[str, list[float]]:
+    """Seconds of every timed call of each ``(session, feeds)``, one timed call per session per round.
+
+    ``settle`` untimed calls come before each timed one. With more than one
+    thread they are needed: the worker threads of the session that ran last
+    keep spinning for a while, and the next session's first call runs about
+    twice as slow beside them (measured on this 2-core machine).
+    """
     for session, feeds in sessions.values():
         for _ in range(warmup):
             session.run(None, feeds)
     times: dict[str, list[float]] = {k: [] for k in sessions}
     for _ in range(repeats):
         for key, (session, feeds) in sessions.items():
+            for _ in range(settle):
+                session.run(None, feeds)
             start = time.perf_counter()
             session.run(None, feeds)
             times[key].append(time.perf_counter() - start)

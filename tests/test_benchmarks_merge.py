@@ -1,4 +1,5 @@
-"""Benchmarks add to their recorded JSON instead of replacing it (benchmarks/_merge.py)."""
+"""Benchmark helpers: results added to the recorded JSON instead of replacing it (benchmarks/_merge.py and the
+reports), and ONNX Runtime timing in turns (benchmarks/onnx_timing.py)."""
 
 import json
 import sys
@@ -306,3 +307,19 @@ def test_channel_scaling_refuses_to_pool_other_settings_and_names_them(tmp_path)
     cs, args = _cs_args([tmp_path / "missing.json"])
     with pytest.raises(SystemExit, match="missing.json"):
         cs.pooled_rows(args, [])
+
+
+def test_sessions_in_turns_times_one_call_per_round_after_the_untimed_ones():
+    from onnx_timing import sessions_in_turns
+
+    class CountingSession:
+        def __init__(self):
+            self.calls = 0
+
+        def run(self, outputs, feeds):
+            self.calls += 1
+
+    a, b = CountingSession(), CountingSession()
+    times = sessions_in_turns({"a": (a, {}), "b": (b, {})}, repeats=3, warmup=1, settle=2)
+    assert [len(times["a"]), len(times["b"])] == [3, 3]
+    assert a.calls == b.calls == 1 + 3 * (2 + 1)

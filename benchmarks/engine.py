@@ -12,7 +12,7 @@
     python benchmarks/engine.py --repeats 30 --round-to 8 --profile --out /tmp/engine.json   # where the time goes
 
 Full and pruned model are timed in turns (one timed call each per round, after
-two untimed ones with 2 threads), so the machine's load hits both alike;
+five untimed ones with 2 threads), so the machine's load hits both alike;
 "paired" is the median of the per-round ratios.
 """
 
@@ -57,8 +57,8 @@ def latency(spec, shape, ratio, threads, repeats, round_to=1, profile=False) -> 
 
     Interleaving keeps the shared machine's slow minutes from landing on one
     model only; the per-round ratio pairs the two timed calls of a round.
-    With 2 threads each timed call follows two untimed ones, which let the
-    other session's spinning worker threads go idle.
+    With more than one thread each timed call follows five untimed ones, which
+    let the other session's spinning worker threads go idle.
     """
     from medslim.cost import count_flops, export_onnx
     from medslim.cost.latency import ort_feeds, ort_session
@@ -79,7 +79,7 @@ def latency(spec, shape, ratio, threads, repeats, round_to=1, profile=False) -> 
             for k, path in paths.items():
                 session = ort_session(path, t)
                 sessions[k] = (session, ort_feeds(session, x))
-            times = sessions_in_turns(sessions, repeats, settle=0 if t == 1 else 2)
+            times = sessions_in_turns(sessions, repeats, settle=0 if t == 1 else 5)
             full, pruned = (1e3 * statistics.median(times[k]) for k in ("full", "pruned"))
             paired = statistics.median(f / p for f, p in zip(times["full"], times["pruned"]))
             out[f"{t}t"] = {"full_ms": full, "pruned_ms": pruned, "speedup": full / pruned,
@@ -103,6 +103,8 @@ def op_profile(onnx_path, x, prefix, threads=1, warmup=3, calls=10) -> dict[str,
 
     from medslim.cost.latency import ort_feeds, ort_session
 
+    if calls < 1:
+        raise ValueError(f"calls must be at least 1, got {calls}")
     session = ort_session(onnx_path, threads, profile_prefix=str(prefix))
     feeds = ort_feeds(session, x)
     for _ in range(warmup + calls):
@@ -110,6 +112,9 @@ def op_profile(onnx_path, x, prefix, threads=1, warmup=3, calls=10) -> dict[str,
     events = json.loads(Path(session.end_profiling()).read_text())
     runs = sorted((e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"),
                   key=lambda e: e["ts"])[warmup:]  # the warm-up calls' allocations stay out
+    if len(runs) != calls:
+        raise RuntimeError(f"ONNX Runtime's profile of {onnx_path} holds {len(runs) + warmup} calls, "
+                           f"not {warmup + calls}")
     first_timed = runs[0]["ts"]
     per_op: dict[str, float] = {}
     for e in events:
@@ -128,10 +133,10 @@ def print_profiles(profiles: dict[str, dict]) -> None:
         tp = sum(v for k, v in pruned.items() if k != "(whole call)")
         print(f"\n{name}, ONNX Runtime profile: {'full ms':>9s} {'share':>6s} {'pruned ms':>10s} "
               f"{'share':>6s} {'speed-up':>8s}")
-        for op in full:
+        for op in [*full, *(k for k in pruned if k not in full)]:  # an operator may be in one model only
             if op == "(whole call)":
                 continue
-            f, q = full[op], pruned.get(op, 0.0)
+            f, q = full.get(op, 0.0), pruned.get(op, 0.0)
             print(f"  {op:30s} {f:9.2f} {100 * f / tf:5.1f}% {q:10.2f} {100 * q / tp:5.1f}% "
                   f"{f / q if q else float('nan'):7.2f}x")
         print(f"  {'all operators':30s} {tf:9.2f} {'':6s} {tp:10.2f} {'':6s} {tf / tp:7.2f}x")

@@ -40,8 +40,9 @@ def sessions_in_turns(sessions: dict, repeats: int, warmup: int = 5, settle: int
 
     ``settle`` untimed calls come before each timed one. With more than one
     thread they are needed: the worker threads of the session that ran last
-    keep spinning for a while, and the next session's first call runs about
-    twice as slow beside them (measured on this 2-core machine).
+    keep spinning for a while, and the next session's first calls run up to
+    twice as slow beside them (measured on this 2-core machine; two untimed
+    calls of a 10 ms model were not always enough, five were).
     """
     for session, feeds in sessions.values():
         for _ in range(warmup):

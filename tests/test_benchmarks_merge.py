@@ -323,3 +323,18 @@ def test_sessions_in_turns_times_one_call_per_round_after_the_untimed_ones():
     times = sessions_in_turns({"a": (a, {}), "b": (b, {})}, repeats=3, warmup=1, settle=2)
     assert [len(times["a"]), len(times["b"])] == [3, 3]
     assert a.calls == b.calls == 1 + 3 * (2 + 1)
+
+
+def test_engine_op_profile_names_operators_and_the_whole_call(tmp_path):
+    import engine
+    import torch
+
+    from medslim.cost import export_onnx
+
+    x = torch.randn(1, 1, 16, 16)
+    path = export_onnx(torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Tanh()), x, tmp_path / "m.onnx",
+                       exporter="torchscript")["path"]
+    prof = engine.op_profile(path, x, tmp_path / "prof", threads=1, warmup=2, calls=3)
+    assert "Conv" in prof and prof["(whole call)"] > 0
+    with pytest.raises(ValueError, match="calls"):
+        engine.op_profile(path, x, tmp_path / "prof", calls=0)

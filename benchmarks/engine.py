@@ -10,6 +10,7 @@
     python benchmarks/engine.py --repeats 30
     python benchmarks/engine.py --repeats 30 --round-to 8 --out benchmarks/results/engine-round8.json
     python benchmarks/engine.py --repeats 30 --round-to 8 --profile --out /tmp/engine.json   # where the time goes
+    python benchmarks/engine.py --repeats 30 --round-to 8 --conv-widths 8 16 24 32 48 64 --out /tmp/engine.json
 
 Full and pruned model are timed in turns (one timed call each per round, after
 five untimed ones with 2 threads), so the machine's load hits both alike;
@@ -125,6 +126,33 @@ def op_profile(onnx_path, x, prefix, threads=1, warmup=3, calls=10) -> dict[str,
     return {**per_op, "(whole call)": statistics.median(e["dur"] / 1e3 for e in runs)}
 
 
+def conv_speed(widths, spatial, repeats, threads=1) -> list[dict]:
+    """ONNX Runtime time and GFLOP/s of one 3x3(x3) convolution, w -> w channels, at each width.
+
+    The single layer behind the 3D shortfall: if narrow convolutions ran as
+    fast per FLOP as wide ones, halving every width would quarter the time.
+    """
+    from medslim.cost import count_flops, export_onnx
+    from medslim.cost.latency import ort_feeds, ort_session
+    from onnx_timing import sessions_in_turns
+
+    conv = torch.nn.Conv3d if len(spatial) == 3 else torch.nn.Conv2d
+    rows, sessions = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for w in widths:
+            x = torch.randn(1, w, *spatial)
+            layer = conv(w, w, 3, padding=1).eval()
+            path = export_onnx(layer, x, Path(tmp) / f"w{w}.onnx", exporter="torchscript")["path"]
+            session = ort_session(path, threads)
+            sessions[w] = (session, ort_feeds(session, x))
+            rows.append({"width": w, "flops": count_flops(layer, x)})
+        times = sessions_in_turns(sessions, repeats, settle=0 if threads == 1 else 5)
+    for row in rows:
+        row["ms"] = 1e3 * statistics.median(times[row["width"]])
+        row["gflops_per_s"] = row["flops"] / row["ms"] / 1e6
+    return rows
+
+
 def print_profiles(profiles: dict[str, dict]) -> None:
     """Per case and thread count, ms per call and share of each operator type, full and pruned."""
     for name, prof in profiles.items():
@@ -153,6 +181,8 @@ def main(argv=None) -> int:
     p.add_argument("--profile", action="store_true",
                    help="also ONNX Runtime's per-operator profile of both models at each thread count, "
                         "printed and in the JSON")
+    p.add_argument("--conv-widths", type=int, nargs="*", default=[],
+                   help="also time one 3x3x3 convolution w -> w at the 3D input's full resolution, per width")
     p.add_argument("--out", default="benchmarks/results/engine.json")
     args = p.parse_args(argv)
     timing = time_prune(*CASES["3D"], args.ratio)
@@ -168,6 +198,12 @@ def main(argv=None) -> int:
             r = res[f"{t}t"]
             print(f"{name:5s} {t:7d} {r['full_ms']:9.1f} {r['pruned_ms']:10.1f} {r['speedup']:8.2f}x "
                   f"{r['speedup_paired']:6.2f}x {res['flops_ratio']:10.3f} {0.8 / res['flops_ratio']:7.2f}x")
+    if args.conv_widths:
+        spatial = CASES["3D"][1][2:]
+        results["conv3d_widths"] = conv_speed(args.conv_widths, spatial, args.repeats)
+        print(f"\none 3x3x3 convolution w -> w at {spatial}, ONNX Runtime 1 thread:")
+        for r in results["conv3d_widths"]:
+            print(f"  w {r['width']:4d}: {r['ms']:8.2f} ms  {r['gflops_per_s']:6.1f} GFLOP/s")
     if args.profile:
         print_profiles({f"{name}, {t} thread{'s' if t > 1 else ''}": results[name][f"profile_{t}t"]
                         for name in CASES for t in args.threads})

@@ -36,6 +36,11 @@ CASES = {
 }
 
 
+def settle_calls(threads: int) -> int:
+    """Untimed calls before each timed one: with a thread pool, the other session's workers must go idle."""
+    return 0 if threads == 1 else 5
+
+
 def time_prune(spec, shape, ratio, repeats=3) -> dict:
     from medslim.models import build_model
     from medslim.pruning import DependencyGraph, prune
@@ -80,7 +85,7 @@ def latency(spec, shape, ratio, threads, repeats, round_to=1, profile=False) -> 
             for k, path in paths.items():
                 session = ort_session(path, t)
                 sessions[k] = (session, ort_feeds(session, x))
-            times = sessions_in_turns(sessions, repeats, settle=0 if t == 1 else 5)
+            times = sessions_in_turns(sessions, repeats, settle=settle_calls(t))
             full, pruned = (1e3 * statistics.median(times[k]) for k in ("full", "pruned"))
             paired = statistics.median(f / p for f, p in zip(times["full"], times["pruned"]))
             out[f"{t}t"] = {"full_ms": full, "pruned_ms": pruned, "speedup": full / pruned,
@@ -95,12 +100,10 @@ def latency(spec, shape, ratio, threads, repeats, round_to=1, profile=False) -> 
 def op_profile(onnx_path, x, prefix, threads=1, warmup=3, calls=10) -> dict[str, float]:
     """Milliseconds per call in each ONNX operator type, from ONNX Runtime's own profiler.
 
-    ``"(whole call)"`` is the wall time of a call as the profiler saw it: what
-    it holds beyond the operators' sum is the handing of work between them
-    (with several threads, waking and joining the pool once per operator).
+    ``"(whole call)"`` is the wall time of a call as the profiler saw it; the
+    operators' sum can differ from it by a few per cent either way.
     """
     import json
-    import statistics
 
     from medslim.cost.latency import ort_feeds, ort_session
 
@@ -146,7 +149,7 @@ def conv_speed(widths, spatial, repeats, threads=1) -> list[dict]:
             session = ort_session(path, threads)
             sessions[w] = (session, ort_feeds(session, x))
             rows.append({"width": w, "flops": count_flops(layer, x)})
-        times = sessions_in_turns(sessions, repeats, settle=0 if threads == 1 else 5)
+        times = sessions_in_turns(sessions, repeats, settle=settle_calls(threads))
     for row in rows:
         row["ms"] = 1e3 * statistics.median(times[row["width"]])
         row["gflops_per_s"] = row["flops"] / row["ms"] / 1e6

@@ -254,8 +254,11 @@ def targets(rows: list[dict], groups: list[dict]) -> list[dict]:
 
 # ---------------------------------------------------------------- figure
 
-def mask_figure(args, size: int, seed: int, path: Path, n_images: int = 4) -> None:
-    """Input (as the network sees it), bilinear, head and ground truth for a few test images."""
+def mask_figure(args, size: int, seed: int, path: Path, n_images: int = 4) -> bool:
+    """Input (as the network sees it), bilinear, head and ground truth for a few test images.
+
+    False, and no figure, when the two runs it needs are not in ``--runs``.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -268,7 +271,7 @@ def mask_figure(args, size: int, seed: int, path: Path, n_images: int = 4) -> No
 
     runs = {arm: Path(args.runs) / run_name(arm, size, seed) for arm in ("bilinear", "jnet")}
     if not all((r / "results.json").exists() for r in runs.values()):
-        return
+        return False
     cfg = read_run_config(runs["jnet"])
     data, _ = load_data(cfg, args.data, load_split(runs["jnet"] / "split.json"))
     items = data.test[:n_images]
@@ -293,6 +296,7 @@ def mask_figure(args, size: int, seed: int, path: Path, n_images: int = 4) -> No
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return True
 
 
 # ---------------------------------------------------------------- report
@@ -350,10 +354,12 @@ def main(argv=None) -> int:
               "environment": environment(), "date": time.strftime("%Y-%m-%d"),
               "command": "python benchmarks/lowres.py " + " ".join(sys.argv[1:])}
     figure = out.with_name(out.stem + "-masks.png")
-    mask_figure(args, min(args.sizes), args.seeds[0], figure)
+    drawn = mask_figure(args, min(args.sizes), args.seeds[0], figure)
     write_json(out, report)
     print_report(report)
-    print(f"\nwrote {out} and {figure}")
+    print(f"\nwrote {out}" + (f" and {figure}" if drawn else
+                                f"; no figure (it needs the jnet and bilinear runs at {min(args.sizes)}, "
+                                f"seed {args.seeds[0]}; {figure} is left as it was)"))
     return 0
 
 

@@ -175,16 +175,23 @@ def print_profiles(profiles: dict[str, dict]) -> None:
         print(f"  {'whole call':30s} {wf:9.2f} {'':6s} {wp:10.2f} {'':6s} {wf / wp:7.2f}x")
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ratio", type=float, default=0.25)
-    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--threads", type=positive_int, nargs="+", default=[1, 2])
+    p.add_argument("--repeats", type=positive_int, default=30)
     p.add_argument("--round-to", type=int, default=1, help="pruned widths multiples of this")
     p.add_argument("--profile", action="store_true",
                    help="also ONNX Runtime's per-operator profile of both models at each thread count, "
                         "printed and in the JSON")
-    p.add_argument("--conv-widths", type=int, nargs="*", default=[],
+    p.add_argument("--conv-widths", type=positive_int, nargs="*", default=[],
                    help="also time one 3x3x3 convolution w -> w at the 3D input's full resolution, per width")
     p.add_argument("--out", default="benchmarks/results/engine.json")
     args = p.parse_args(argv)

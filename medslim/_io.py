@@ -41,12 +41,12 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=json_default) + "\n")
 
 
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
     """Append one JSON line; a line is written with one ``write`` call."""
-    line = json.dumps(record, default=_json_default) + "\n"
+    line = json.dumps(record, default=json_default) + "\n"
     with open(path, "a") as f:
         f.write(line)
         f.flush()
@@ -87,7 +87,7 @@ def replace_dir(src: Path, dst: Path) -> None:
         os.replace(src, dst)
 
 
-def _json_default(obj: Any):
+def json_default(obj: Any):
     # numpy scalars and arrays, paths and tensors show up in metrics and configs
     if hasattr(obj, "tolist"):
         return obj.tolist()

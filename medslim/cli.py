@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, required=True, help="the .onnx file to write")
     p.add_argument("--input-shape", type=int, nargs="+")
 
-    p = _sub(sub, "prune", "prune a trained run's model to a FLOPs or parameter target; writes a new run")
+    p = _sub(sub, "prune", "prune a trained run's model to a FLOPs, parameter or latency target; writes a new run")
     p.add_argument("run", type=Path)
     p.add_argument("--method", required=True,
                    help="l1, l2, taylor, taylor_gate, taylor_gn, taylor_rand, fpgm, hrank, slimming, "
@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="folder for the new run (default: beside RUN)")
     p.add_argument("--data", help="dataset folder, if it moved since training")
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--no-cost", action="store_true", help="skip latency measurement")
+    p.add_argument("--no-cost", action="store_true",
+                   help="skip the cost measurement (parameters, FLOPs, latency, memory: cost.json)")
     p.add_argument("--quiet", action="store_true")
 
     p = _sub(sub, "sshn", "scale-space hypernetworks: train one, sweep phi, export a U-Net")
@@ -276,7 +277,9 @@ def cmd_prune(args) -> int:
         raise ConfigError("channel_scaling stops at a parameter target: use --params-ratio "
                           "(or none: rounds until no scale falls under the threshold)")
     options = dict(parse_override(item) for item in args.options)
-    if args.latency_ms:
+    if args.latency_ms is not None:
+        if not args.latency_ms > 0:
+            raise ConfigError(f"--latency-ms must be a positive number of milliseconds, got {args.latency_ms}")
         options["latency_ms"] = args.latency_ms
     run = prune_run(args.run, args.method, args.flops_ratio, args.params_ratio, args.finetune_epochs,
                     args.finetune_lr, args.steps if args.schedule == "iterative" else 1, args.scope,
@@ -304,7 +307,7 @@ def cmd_sshn(args) -> int:
         _print_results(results["test"], f"U-Net at phi={args.phi:g} ({run})")
         print(f"run folder: {run}")
         return 0
-    phis = sshn_jobs.parse_phis(args.phis) if args.phis else None
+    phis = sshn_jobs.parse_phis(args.phis) if args.phis is not None else None
 
     def progress(i, n, row):
         print(f"[{i}/{n}] phi={row['phi']:.3f}  dice={row.get('dice', float('nan')):.4f}  "

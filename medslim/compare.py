@@ -34,9 +34,10 @@ from typing import Any, Callable
 
 from medslim import __version__
 from medslim._io import write_json, write_text
+from medslim.config import is_number
 from medslim.errors import ConfigError, unknown_name
 from medslim.pareto import pareto_front
-from medslim.runs import NAME
+from medslim.runs import NAME, check_output_folder
 
 TABLE_FORMAT = "medslim-compare-table"
 TABLE_VERSION = 1
@@ -308,21 +309,33 @@ def _check_prune(entry: Entry, raw: dict, base: Entry, classification: bool, whe
             raise ConfigError(f"{where}: channel_scaling stops at params_ratio (or at no target)")
     elif len(targets) != 1:
         raise ConfigError(f"{where}: give exactly one target: flops_ratio, params_ratio or latency_ms")
-    for key in ("flops_ratio", "params_ratio", "max_fraction"):
-        if key in raw and not (_is_number(raw[key]) and 0 < raw[key] <= 1):
-            raise ConfigError(f"{where}.{key} must be a number in (0, 1], got {raw[key]!r}")
-    for key in ("finetune_epochs", "steps", "round_to"):
-        if key in raw and not (isinstance(raw[key], int) and not isinstance(raw[key], bool) and raw[key] >= 0):
-            raise ConfigError(f"{where}.{key} must be a non-negative integer, got {raw[key]!r}")
-    for key, allowed in (("schedule", ("oneshot", "iterative")), ("scope", ("global", "local"))):
-        if key in raw and raw[key] not in allowed:
-            raise ConfigError(f"{where}.{key}={raw[key]!r} is not one of: {', '.join(allowed)}")
     if "options" in raw and not isinstance(raw["options"], dict):
         raise ConfigError(f"{where}.options must be a mapping, e.g. {{batches: 16}}")
+    _check_pruner_settings(raw, where)
+    for key in ("finetune_epochs", "round_to"):
+        if key in raw and not (isinstance(raw[key], int) and not isinstance(raw[key], bool) and raw[key] >= 0):
+            raise ConfigError(f"{where}.{key} must be a non-negative integer, got {raw[key]!r}")
+    if "finetune_lr" in raw and not (is_number(raw["finetune_lr"]) and raw["finetune_lr"] > 0):
+        raise ConfigError(f"{where}.finetune_lr must be a positive number, got {raw['finetune_lr']!r}")
+    if "schedule" in raw and raw["schedule"] not in ("oneshot", "iterative"):
+        raise ConfigError(f"{where}.schedule={raw['schedule']!r} is not one of: oneshot, iterative")
     _only(raw.get("options") or {}, _prune_options(entry.method), "option", f"{where}.options")
     if entry.method == "channel_scaling" and raw.get("finetune_epochs"):
         raise ConfigError(f"{where}: channel_scaling trains in every round (options: {{epochs: N}}); "
                           "finetune_epochs does not apply")
+
+
+def _check_pruner_settings(raw: dict, where: str) -> None:
+    """The pruner's own checks, run when the plan is read rather than hours later."""
+    from medslim.pruning.pruner import check_options, check_target
+
+    try:
+        if "flops_ratio" in raw or "params_ratio" in raw:
+            check_target(raw.get("flops_ratio"), raw.get("params_ratio"))
+        check_options(raw.get("scope", "global"), raw.get("max_fraction", 0.9), raw.get("steps", 1),
+                      (raw.get("options") or {}).get("normalize"))
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from err
 
 
 def _prune_options(method: str) -> tuple[str, ...]:
@@ -417,10 +430,6 @@ def _derived_config(base: Entry, overrides: list[str], label: str) -> dict:
     return cfg
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 # ---------------------------------------------------------------- running it
 
 def run_compare(source: str | Path, overrides: list[str] = (), data_path: str | None = None,
@@ -432,6 +441,7 @@ def run_compare(source: str | Path, overrides: list[str] = (), data_path: str | 
     from medslim.progress import StageProgress
 
     plan = make_plan(source, overrides, data_path)
+    check_output_folder(plan.folder, "output")
     _check_resumable(plan)
     plan.runs.mkdir(parents=True, exist_ok=True)
     write_json(plan.folder / "compare.json", plan.to_dict())

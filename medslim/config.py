@@ -169,14 +169,38 @@ def validate(cfg: dict) -> None:
             raise ConfigError(f"{section}.{key}={cfg[section][key]!r} is not one of: {', '.join(choices)}")
     for key in ("epochs", "batch_size", "val_every"):
         value = cfg["train"][key]
-        if not isinstance(value, int) or value < 1:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"train.{key} must be a positive integer, got {value!r}")
+    _check_numbers(cfg)
     if not isinstance(cfg["data"], dict) or "dataset" not in cfg["data"]:
         raise ConfigError("config section 'data' needs a 'dataset' key")
     if not isinstance(cfg["prune"], dict) or "method" not in cfg["prune"]:
         raise ConfigError("config section 'prune' needs a 'method' key (null for no pruning)")
     if not isinstance(cfg["model"], dict) or "name" not in cfg["model"]:
         raise ConfigError("config section 'model' needs a 'name' key")
+
+
+# (section, key): (smallest allowed, whether the smallest itself is allowed)
+NUMBERS = {("train", "lr"): (0, False), ("train", "weight_decay"): (0, True),
+           ("train", "momentum"): (0, True), ("train", "poly_exponent"): (0, True),
+           ("train", "sparsity"): (0, True), ("eval", "overlap"): (0, True)}
+
+
+def _check_numbers(cfg: dict) -> None:
+    # caught here, a bad learning rate names its option instead of failing deep in torch
+    for (section, key), (low, closed) in NUMBERS.items():
+        value = cfg[section][key]
+        ok = is_number(value) and (value >= low if closed else value > low)
+        if not ok:
+            bound = f">= {low}" if closed else f"> {low}"
+            raise ConfigError(f"{section}.{key} must be a number {bound}, got {value!r}")
+    if cfg["eval"]["overlap"] >= 1:
+        raise ConfigError(f"eval.overlap must be below 1, got {cfg['eval']['overlap']!r}")
+
+
+def is_number(value: Any) -> bool:
+    """A real int or float (not a bool, not NaN)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
 
 def _config_path(path: str | Path) -> Path:

@@ -9,6 +9,7 @@ comparison report (built-in compare config ``kvasir-demo``).
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -17,13 +18,25 @@ def run_demo(data: str | None = None, output: str = "runs", epochs: int | None =
     from medslim.compare import read_table, run_compare
     from medslim.report import report_comparison
 
-    overrides = [f"output={output}", f"name=demo-{time.strftime('%Y%m%d-%H%M%S')}"]
-    if epochs:
+    from medslim.errors import ConfigError
+    from medslim.runs import check_output_folder
+
+    name = f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    overrides = [f"output={output}", f"name={name}"]
+    if epochs is not None:
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise ConfigError(f"--epochs must be a positive integer, got {epochs!r}")
         overrides.append(f"base.overrides=[train.epochs={epochs}]")
+    folder = check_output_folder(output) / name
     start = time.perf_counter()
     print("medslim demo: a U-Net on Kvasir-SEG at 128x128, two pruned versions of it, and the report")
-    folder = run_compare("kvasir-demo", overrides, data)
-    report_comparison(folder)
+    try:
+        run_compare("kvasir-demo", overrides, data)
+        report_comparison(folder)
+    except BaseException:
+        # the folder's name holds the time it started, so it can never be resumed
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     table = read_table(folder)
     base = folder / "runs" / "base"
     results = json.loads((base / "results.json").read_text())

@@ -13,16 +13,16 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from medslim._io import write_json, write_text
-from medslim.errors import ConfigError
+from medslim.errors import ConfigError, DataError
 
 
 def fill_model_spec(model_cfg: dict, info) -> dict:
     """Complete a model spec from the data: dimensions, channels, classes, upsampling factor."""
-    from medslim.models import _resolve, complete_spec
+    from medslim.models import model_class, complete_spec
 
     spec = complete_spec(model_cfg, info.spatial_dims, info.in_channels, info.num_classes)
     factor = info.output_factor
-    takes_factor = "factor" in inspect.signature(_resolve(spec["name"])).parameters
+    takes_factor = "factor" in inspect.signature(model_class(spec["name"])).parameters
     if factor is not None and not takes_factor:
         raise ConfigError(f"data.label_size asks for masks {factor}x the input size, but model "
                           f"{spec['name']!r} predicts at its input size; use model.name: lowres "
@@ -38,9 +38,7 @@ def fill_model_spec(model_cfg: dict, info) -> dict:
 
 def load_data(cfg: dict, data_path: str | None = None, split: dict | None = None):
     from medslim.data import build_data
-    from medslim.data.locate import find_dataset
-
-    from medslim.data.locate import DATASETS
+    from medslim.data.locate import DATASETS, find_dataset
 
     data_cfg = dict(cfg["data"])
     saved_path = data_cfg.pop("path", None)  # build_data knows no "path" key
@@ -78,12 +76,12 @@ def train_run(cfg: dict, data_path: str | None = None, resume: bool = False,
         result = fit(model, data, cfg, work, resume=resume, progress=callback,
                      hook=training_hook(cfg, data.info))
         close()
-        test = _evaluate(model, data, cfg, "test")
+        test = evaluate_model(model, data, cfg, "test")
         results = {"dataset": cfg["data"]["dataset"], "data_root": str(root),
                    "best_epoch": result.best_epoch, "best_val_score": result.best_score,
                    "epochs": result.epochs_run, "train_seconds": result.train_seconds,
                    "test": test, **_size_of(model, data.info), **transfer}
-        save(model, work, extra=_manifest_extra(cfg, data.info))
+        save(model, work, extra=manifest_extra(cfg, data.info))
         write_json(work / "results.json", results)
     except BaseException:
         close()
@@ -171,7 +169,8 @@ def evaluate_run(run: Path, split: str = "test", data_path: str | None = None) -
     cfg = read_run_config(run)
     model = load(run)
     data, _ = load_data(cfg, data_path, load_split(run / "split.json"))
-    metrics = _evaluate(model, data, cfg, split)
+    check_data_fits(model, data.info, run)
+    metrics = evaluate_model(model, data, cfg, split)
     write_json(run / f"evaluation-{split}.json", metrics)
     return metrics
 
@@ -184,12 +183,9 @@ def cost_run(target: Path, threads=(1, 2), repeats: int = 20, onnx: bool = True,
     from medslim.artifacts import load
     from medslim.cost import measure
 
+    _check_positive({"--threads": threads, "--repeats": [repeats]})
     model = load(target)
-    shape = input_shape or model.medslim_manifest.get("extra", {}).get("input_shape")
-    if not shape:
-        raise ConfigError(f"{target} does not record its input shape; pass --input-shape, "
-                          "e.g. --input-shape 1 3 128 128")
-    example = torch.randn(*shape)
+    example = torch.randn(*input_shape_of(model, target, input_shape))
     report = measure(model, example, threads=tuple(threads), onnx=onnx, repeats=repeats,
                      workdir=target if target.is_dir() else None)
     if target.is_dir():
@@ -205,10 +201,48 @@ def export_run(target: Path, output: Path, input_shape: list[int] | None = None)
     from medslim.cost import export_onnx
 
     model = load(target)
-    shape = input_shape or model.medslim_manifest.get("extra", {}).get("input_shape")
+    return export_onnx(model, torch.randn(*input_shape_of(model, target, input_shape)), output)
+
+
+def input_shape_of(model, target: Path, given: Sequence[int] | None = None) -> list[int]:
+    """The batch shape to measure or export at: ``given`` (--input-shape) or the recorded one.
+
+    Checked against what the manifest records (dimensions, image channels), so a
+    wrong shape is refused by name instead of failing inside the first convolution.
+    """
+    extra = model.medslim_manifest.get("extra", {})
+    recorded = extra.get("input_shape")
+    shape = list(given) if given else recorded
     if not shape:
-        raise ConfigError(f"{target} does not record its input shape; pass --input-shape")
-    return export_onnx(model, torch.randn(*shape), output)
+        raise ConfigError(f"{target} does not record its input shape; pass --input-shape, "
+                          "e.g. --input-shape 1 3 128 128")
+    if not all(isinstance(s, int) and s > 0 for s in shape) or len(shape) < 3:
+        raise ConfigError(f"--input-shape must be positive integers: batch, channels and 1-3 spatial "
+                          f"sizes, e.g. 1 3 128 128; got {' '.join(map(str, shape))}")
+    if recorded and given:
+        if len(shape) != len(recorded):
+            raise ConfigError(f"--input-shape {' '.join(map(str, shape))} has {len(shape) - 2} spatial "
+                              f"dimensions; the model in {target} takes {len(recorded) - 2} "
+                              f"(recorded: {' '.join(map(str, recorded))})")
+        if shape[1] != recorded[1]:
+            raise ConfigError(f"--input-shape gives {shape[1]} image channels; the model in {target} "
+                              f"takes {recorded[1]}")
+    return shape
+
+
+def check_data_fits(model, info, run: Path) -> None:
+    """Refuse data whose image channels differ from those the run's model was trained on."""
+    task = model.medslim_manifest.get("extra", {}).get("task") or {}
+    trained = task.get("in_channels")
+    if trained is not None and info.in_channels != trained:
+        raise DataError(f"the data has {info.in_channels} image channel(s) but the model in {run} "
+                        f"was trained on {trained}; point --data at the dataset it was trained on")
+
+
+def _check_positive(values: dict[str, Sequence]) -> None:
+    for option, items in values.items():
+        if not items or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in items):
+            raise ConfigError(f"{option} must be positive integers, got {' '.join(map(str, items))}")
 
 
 def prune_run(run: Path, method: str, flops_ratio: float | None = None, params_ratio: float | None = None,
@@ -243,12 +277,14 @@ def prune_run(run: Path, method: str, flops_ratio: float | None = None, params_r
     cfg = read_run_config(run)
     model = load(run)
     _check_keep(model, keep, method, external, run)
-    shape = model.medslim_manifest.get("extra", {}).get("input_shape")
+    _check_finetune(finetune_epochs, finetune_lr)
+    shape = input_shape_of(model, run)
     name = name or _pruned_name(run, method, flops_ratio, params_ratio, options)
     out = RunDir(output or run.parent, name)
     work = out.begin(overwrite=overwrite)
     try:
         data, _ = load_data(cfg, data_path, load_split(run / "split.json"))
+        check_data_fits(model, data.info, run)
         tune = copy.deepcopy(cfg)
         tune["train"]["epochs"] = max(1, finetune_epochs)
         tune["train"]["lr"] = finetune_lr if finetune_lr is not None else cfg["train"]["lr"] / 10
@@ -287,7 +323,7 @@ def prune_run(run: Path, method: str, flops_ratio: float | None = None, params_r
         else:
             pruned, report = _prune_externally(external, model, torch.zeros(*shape), method, finetune)
         seconds = time.perf_counter() - start
-        test = _evaluate(pruned, data, cfg, "test")
+        test = evaluate_model(pruned, data, cfg, "test")
         write_config(work / "config.yaml", cfg)
         save_split_copy(run, work)
         save(pruned, work, extra={**model.medslim_manifest.get("extra", {}), "pruned_from": str(run)})
@@ -308,6 +344,15 @@ def prune_run(run: Path, method: str, flops_ratio: float | None = None, params_r
         shutil.rmtree(out.work, ignore_errors=True)  # pruning has no resume: leave nothing half-done
         raise
     return out.commit()
+
+
+def _check_finetune(epochs, lr) -> None:
+    from medslim.config import is_number
+
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ConfigError(f"--finetune-epochs must be a non-negative integer, got {epochs!r}")
+    if lr is not None and not (is_number(lr) and lr > 0):
+        raise ConfigError(f"--finetune-lr must be a positive number, got {lr!r}")
 
 
 def _check_keep(model, keep: Sequence[str], method: str, external, run: Path) -> None:
@@ -434,12 +479,14 @@ def _resume_config(work: Path, cfg: dict) -> dict:
     return saved
 
 
-def _evaluate(model, data, cfg: dict, split: str) -> dict:
+def evaluate_model(model, data, cfg: dict, split: str) -> dict:
+    """Metrics of ``model`` on one split with the run's evaluation settings."""
     from medslim.training.evaluate import evaluate_split
 
     return evaluate_split(model, data, cfg["eval"], split)
 
 
-def _manifest_extra(cfg: dict, info) -> dict[str, Any]:
+def manifest_extra(cfg: dict, info) -> dict[str, Any]:
+    """What a saved model's manifest records about its data, so it can be measured and rebuilt."""
     return {"task": info.to_dict(), "dataset": cfg["data"]["dataset"],
             "input_shape": [1, info.in_channels, *info.input_size]}

@@ -70,6 +70,8 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The tensors of a medslim model folder, a safetensors file or a PyTorch state dict."""
     from medslim.artifacts import MANIFEST, WEIGHTS, load_tensors
 
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise ConfigError(f"pretrained weights: expected a file or folder path, got {path!r:.60}")
     path = Path(path)
     if not path.exists():
         raise ArtifactError(f"pretrained weights not found: {path}")
@@ -90,6 +92,8 @@ def _torch_state(path: Path) -> dict[str, torch.Tensor]:
     import pickle
     import zipfile
 
+    from medslim.artifacts import check_finite
+
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
@@ -102,7 +106,9 @@ def _torch_state(path: Path) -> dict[str, torch.Tensor]:
                 break
     if not isinstance(obj, dict) or not obj or not all(torch.is_tensor(v) for v in obj.values()):
         raise ArtifactError(f"{path} does not hold a state dict (a mapping of names to tensors)")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
+    state = {k.removeprefix("module."): v for k, v in obj.items()}
+    check_finite(state, path)  # safetensors files are checked by load_tensors
+    return state
 
 
 def load_pretrained(model: nn.Module, path: str | os.PathLike, head: str | None = None) -> dict[str, Any]:
@@ -111,6 +117,8 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, head: str | None 
     Raises ArtifactError, naming the file and the first differing tensors,
     when the file does not hold this backbone.
     """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"load_pretrained: model must be a torch.nn.Module, got {type(model).__name__}")
     source = read_weights(path)
     head = head or classifier_head(model)
     own = model.state_dict()

@@ -74,18 +74,14 @@ def _check_output(output: Path) -> None:
 
 def merge(paths: list[Path], output: Path) -> dict:
     """One table from comparison folders and run folders; refuses a mix of datasets, splits or timings."""
-    rows, first = [], None
+    first = None
+    # every input is checked before any is measured: a refused mix leaves no cost files behind
     for path in paths:
         if (path / "table.json").exists():
             table = read_table(path)
-            part = [dict(r) for r in table["rows"]]
-            if len(paths) > 1:
-                for r in part:
-                    r["label"] = f"{table['name']}/{r['label']}"
             key = (table["dataset"], table["split_signature"], str(path / "table.json"), table["measure"])
         else:
-            part = [_run_row(path, output)]
-            key = (part[0].pop("_dataset"), split_signature(path), str(path), dict(MEASURE_DEFAULTS))
+            key = (_read_results(path)["dataset"], split_signature(path), str(path), dict(MEASURE_DEFAULTS))
         if first is None:
             first = key
         elif key[0] != first[0]:
@@ -97,22 +93,45 @@ def merge(paths: list[Path], output: Path) -> dict:
         elif key[3]["threads"] != first[3]["threads"] or key[3]["onnx"] != first[3]["onnx"]:
             raise ConfigError(f"{key[2]} was timed with measure {key[3]} but {first[2]} with {first[3]}: "
                               "latencies at other thread counts do not share a front")
-        rows += part
+    rows = []
+    for path in paths:
+        if (path / "table.json").exists():
+            table = read_table(path)
+            part = [dict(r) for r in table["rows"]]
+            if len(paths) > 1:
+                for r in part:
+                    r["label"] = f"{table['name']}/{r['label']}"
+            rows += part
+        else:
+            rows.append(_run_row(path, output))
     return build_table(rows, first[0], first[1], first[3],
                        output.parent.name if output.name == "report" else output.name)
 
 
-def _run_row(run: Path, output: Path) -> dict:
-    if not (run / "results.json").exists():
+def _read_results(run: Path) -> dict:
+    """A finished run's results.json, checked for what a report row needs."""
+    path = run / "results.json"
+    if not path.exists():
         raise ConfigError(f"{run} is neither a comparison folder (table.json) nor a finished run "
                           "(results.json)")
-    results = json.loads((run / "results.json").read_text())
+    try:
+        results = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path} is not valid JSON ({err}); re-run the command that made {run}") from None
+    if not isinstance(results, dict) or not isinstance(results.get("test"), dict) or "dataset" not in results:
+        raise ConfigError(f"{path} lacks its test metrics or dataset ('test', 'dataset'): "
+                          f"not a finished medslim run")
+    return results
+
+
+def _run_row(run: Path, output: Path) -> dict:
+    results = _read_results(run)
     from medslim.artifacts import load_manifest
 
     load_manifest(run)  # a readable medslim model; dataset and split are checked across inputs by merge
     row = quality_of(run)
     row.update(label=run.name, method=results.get("method", "trained"), kind="import", run=str(run),
-               reproduce=f"see {run / 'config.yaml'}", _dataset=results.get("dataset"),
+               reproduce=f"see {run / 'config.yaml'}",
                **measure_cost(run, output / "costs" / f"{run.name}.json", MEASURE_DEFAULTS))
     return row
 

@@ -24,10 +24,22 @@ def default_name(cfg: dict) -> str:
     return f"{cfg['data']['dataset']}-{cfg['model']['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def check_output_folder(output: str | Path, option: str = "--output") -> Path:
+    """``output`` as a folder that exists or can be made: not a file, nor under one."""
+    path = Path(output)
+    for part in (path, *path.parents):
+        if part.exists():
+            if not part.is_dir():
+                raise ConfigError(f"{option} {output}: {part} is a file, not a folder")
+            break
+    return path
+
+
 class RunDir:
     def __init__(self, output: str | Path, name: str):
         if not NAME.match(name):
             raise ConfigError(f"run name {name!r} may hold only letters, digits, '.', '_' and '-'")
+        check_output_folder(output)
         self.final = Path(output) / name
         self.work = Path(output) / f".{name}.partial"
 

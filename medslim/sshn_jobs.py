@@ -20,8 +20,8 @@ from typing import Any
 
 from medslim._io import atomic_path, write_json
 from medslim.errors import ConfigError
-from medslim.jobs import (_evaluate, _manifest_extra, load_data, read_run_config, save_split_copy,
-                          write_config)
+from medslim.jobs import (check_data_fits, evaluate_model, input_shape_of, load_data, manifest_extra,
+                          read_run_config, save_split_copy, write_config)
 
 SWEEP_SPEC = re.compile(r"^\s*([0-9.]+)\s*:\s*([0-9.]+)\s*:\s*([0-9]+)\s*$")
 PHI_MAX = 1.5
@@ -34,8 +34,10 @@ def parse_phis(text: str) -> list[float]:
     try:
         if match:
             low, high, n = float(match[1]), float(match[2]), int(match[3])
-            if n < 1 or high < low:
-                raise ValueError
+            if n < 1:
+                raise ConfigError(f"--phis {text!r}: COUNT must be at least 1, got {n}")
+            if high < low:
+                raise ConfigError(f"--phis {text!r}: STOP ({high:g}) is below START ({low:g})")
             phis = [low] if n == 1 else [low + (high - low) * i / (n - 1) for i in range(n)]
         else:
             phis = [float(p) for p in text.split(",") if p.strip()]
@@ -104,7 +106,8 @@ def sweep_run(run: Path, phis: list[float] | None = None, split: str = "val", th
     sshn, cfg = load_sshn(run)
     phis = default_phis(sshn.phi_range) if phis is None else phis
     data, _ = load_data(cfg, data_path, load_split(run / "split.json"))
-    shape = sshn.medslim_manifest["extra"]["input_shape"]
+    check_data_fits(sshn, data.info, run)
+    shape = input_shape_of(sshn, run)
     eval_cfg = dict(cfg["eval"], hd95=cfg["eval"]["hd95"] if hd95 is None else hd95)
     start = time.perf_counter()
     rows = []
@@ -201,17 +204,18 @@ def export_sshn(run: Path, phi: float, output: str | Path | None = None, name: s
     try:
         unet = sshn.export(phi)
         data, _ = load_data(cfg, data_path, load_split(run / "split.json"))
+        check_data_fits(sshn, data.info, run)
         plain = copy.deepcopy(cfg)
         plain["model"] = sshn.primary_spec(phi)
         plain["train"]["keep"] = "best"  # fine-tuning the exported U-Net is an ordinary training
         in_range = sshn.covers(phi)
         write_config(work / "config.yaml", plain)
         save_split_copy(run, work)
-        save(unet, work, extra={**_manifest_extra(cfg, data.info),
+        save(unet, work, extra={**manifest_extra(cfg, data.info),
                                 "sshn": {"source_run": str(run), "phi": phi, "in_range": in_range}})
         write_json(work / "results.json", {"dataset": cfg["data"]["dataset"], "source_run": str(run),
                                            "phi": phi, "in_range": in_range,
-                                           "test": _evaluate(unet, data, cfg, "test")})
+                                           "test": evaluate_model(unet, data, cfg, "test")})
     except BaseException:
         shutil.rmtree(out.work, ignore_errors=True)
         raise

@@ -20,6 +20,16 @@ def test_help_lists_every_command_with_examples():
     assert "example:" in sub.stdout and "medslim train" in sub.stdout
 
 
+def test_prune_help_names_every_method():
+    # the help text is written by hand (the parser must not import torch); it must not fall behind
+    from medslim.pruning.criteria import CRITERIA
+
+    out = subprocess.run([sys.executable, "-m", "medslim", "prune", "--help"], capture_output=True, text=True)
+    text = " ".join(out.stdout.split())
+    for name in (*CRITERIA, "uniform", "channel_scaling"):
+        assert name in text, name
+
+
 def test_help_does_not_import_heavy_libraries():
     code = ("import sys; from medslim.cli import build_parser; build_parser(); "
             "print(sorted(m for m in ('torch', 'monai', 'onnx', 'onnxruntime') if m in sys.modules))")
@@ -212,3 +222,40 @@ def test_transfer_head_only_then_channel_scaling(tmp_path, shared_data, capsys):
     assert main(["train", "pneumoniamnist-vgg", "--data", str(shared_data), "--output", str(runs), "--name", "x",
                  "--pretrained", str(tmp_path / "nothing.pth"), *small]) == 2
     assert "pretrained weights not found" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, shared_data):
+    runs = tmp_path_factory.mktemp("bad-options") / "runs"
+    assert main(["train", "kvasir-unet", "--data", str(shared_data), "--output", str(runs), "--name", "base",
+                 *TINY]) == 0
+    return runs / "base"
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["cost", "RUN", "--threads", "0"], "--threads must be positive integers"),
+    (["cost", "RUN", "--repeats", "-5", "--no-onnx"], "--repeats must be positive integers"),
+    (["cost", "RUN", "--input-shape", "1", "1", "32", "32"], "gives 1 image channels; the model"),
+    (["cost", "RUN", "--input-shape", "1", "3", "-32", "32"], "--input-shape must be positive integers"),
+    (["export", "RUN", "--output", "OUT/m.onnx", "--input-shape", "1", "3", "32"], "1 spatial dimensions"),
+    (["prune", "RUN", "--method", "l1", "--flops-ratio", "0.5", "--finetune-lr", "-1"],
+     "--finetune-lr must be a positive number"),
+    (["prune", "RUN", "--method", "l1", "--flops-ratio", "0.5", "--finetune-epochs", "-1"],
+     "--finetune-epochs must be a non-negative integer"),
+    (["prune", "RUN", "--method", "l1", "--latency-ms", "0"], "--latency-ms must be a positive number"),
+    (["train", "kvasir-unet", "-o", "train.lr=-1", "--output", "OUT"], "train.lr must be a number > 0"),
+    (["train", "kvasir-unet", "-o", "model.channels=[4,-8]", "--output", "OUT", "--data", "DATA"],
+     "channels must be positive integers"),
+    (["train", "kvasir-unet", "--output", "OUT/afile", "--data", "DATA"], "is a file, not a folder"),
+])
+def test_bad_option_values_name_the_option_and_change_nothing(argv, message, tiny_run, tmp_path, capsys,
+                                                               shared_data):
+    (tmp_path / "afile").write_text("not a folder")
+    before = sorted(p.name for p in tiny_run.parent.iterdir()), sorted(p.name for p in tiny_run.iterdir())
+    swap = {"RUN": str(tiny_run), "DATA": str(shared_data)}
+    argv = [swap.get(a, a.replace("OUT", str(tmp_path))) for a in argv]
+    assert main([*argv, "--quiet"] if argv[0] in ("train", "prune") else argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+    assert (sorted(p.name for p in tiny_run.parent.iterdir()), sorted(p.name for p in tiny_run.iterdir())) == before

@@ -62,3 +62,15 @@ def test_with_low_resolution_wraps_the_network_as_backbone():
     assert cfg["model"]["name"] == "unet"  # the input is left alone
     with pytest.raises(ConfigError, match="--input-size must be one or two positive integers"):
         with_low_resolution(cfg, [0], [256])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lr=-1", "train.lr must be a number > 0"), ("train.lr=abc", "train.lr must be a number > 0"),
+    ("train.lr=0", "train.lr must be a number > 0"),
+    ("train.weight_decay=-1", "train.weight_decay must be a number >= 0"),
+    ("train.sparsity=-0.1", "train.sparsity must be a number >= 0"),
+    ("eval.overlap=1", "eval.overlap must be below 1"),
+])
+def test_numbers_out_of_range_are_refused_by_name(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("kvasir-unet", [override])

@@ -298,3 +298,70 @@ def test_import_does_not_load_heavy_modules():
     code = "import sys, medslim.cost; print([m for m in ('onnx', 'onnxruntime', 'monai') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# --- bad input ---------------------------------------------------------------
+
+
+def _nan_conv() -> nn.Module:
+    conv = nn.Conv2d(1, 2, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.fill_(float("nan"))
+    return conv
+
+
+def test_export_refuses_non_finite_output_and_keeps_existing_file(tmp_path):
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"good")
+    with pytest.raises(ExportError, match="NaN or infinite") as err:
+        export_onnx(_nan_conv(), torch.randn(1, 1, 8, 8), path, exporter="torchscript")
+    assert str(path) in str(err.value)
+    assert path.read_bytes() == b"good"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]  # no staging folder left
+
+
+def test_export_refuses_bad_output_paths_up_front(tmp_path):
+    from medslim.errors import ConfigError
+
+    plain = tmp_path / "plain.onnx"
+    plain.write_bytes(b"good")
+    cases = [(tmp_path, "is a directory"), (plain / "x.onnx", f"{plain} is a file, not a folder")]
+    if Path("/proc/self").is_dir():  # Linux: a virtual file system that refuses new files
+        cases.append((Path("/proc/x.onnx"), "cannot create files in /proc"))
+    for target, message in cases:
+        with pytest.raises(ConfigError, match="ONNX") as err:
+            export_onnx(nn.Conv2d(1, 2, 3), torch.randn(1, 1, 8, 8), target)
+        assert str(target) in str(err.value) and message in str(err.value)
+    assert plain.read_bytes() == b"good" and sorted(p.name for p in tmp_path.iterdir()) == ["plain.onnx"]
+
+
+def test_counting_names_bad_arguments():
+    from medslim.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="count_params: model must be a torch.nn.Module, got str"):
+        count_params("x")
+    with pytest.raises(ConfigError, match="count_flops: model must be"):
+        count_flops(None, torch.randn(1, 3, 8, 8))
+    with pytest.raises(ConfigError, match=r"example_input of shape \[1, 1, 8, 8\]: .*3 channels"):
+        count_flops(nn.Conv2d(3, 4, 3), torch.randn(1, 1, 8, 8))
+    with pytest.raises(ConfigError, match="example_input must be a tensor"):
+        count_flops(nn.Conv2d(3, 4, 3), "x")
+
+
+def test_export_names_an_input_the_model_cannot_take(tmp_path):
+    from medslim.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"example_input of shape \[1, 1, 8, 8\]"):
+        export_onnx(nn.Conv2d(3, 4, 3), torch.randn(1, 1, 8, 8), tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("kwargs, name", [({"threads": 0}, "threads"), ({"threads": -1}, "threads"),
+                                          ({"repeats": 0}, "repeats"), ({"warmup": -1}, "warmup")])
+def test_latency_names_bad_counts(kwargs, name):
+    from medslim.errors import ConfigError
+
+    before = torch.get_num_threads()
+    with pytest.raises(ConfigError, match=rf"{name} must be an integer >= "):
+        latency_torch(nn.Conv2d(1, 4, 3), torch.randn(1, 1, 8, 8), **kwargs)
+    assert torch.get_num_threads() == before

@@ -13,6 +13,7 @@ import http.server
 import io
 import json
 import os
+import re
 import tarfile
 import threading
 import zipfile
@@ -343,3 +344,20 @@ def test_unknown_dataset(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="kvasir-seg"):
         fetch("mnist", cache=tmp_path, progress=False)
     assert_empty(tmp_path)
+
+
+@pytest.mark.parametrize("url", ["notaurl", "http://", "ftp:/x.zip", "http://[::1/k.zip", ""])
+def test_invalid_url_is_a_config_error(tmp_path: Path, url: str) -> None:
+    """urlopen's bare ValueError ("unknown url type") must not reach the user; nothing is created."""
+    cache = tmp_path / "cache"
+    with pytest.raises(ConfigError, match=f"--url {re.escape(repr(url))} is not a valid URL"):
+        fetch("kvasir-seg", cache=cache, url=url, checksum="none", progress=False)
+    assert not cache.exists()
+
+
+def test_invalid_url_is_refused_even_when_cached(tmp_path: Path) -> None:
+    cached = tmp_path / "kvasir-seg"
+    for sub in ("images", "masks"):
+        (cached / sub).mkdir(parents=True)
+    with pytest.raises(ConfigError, match="--url 'notaurl'"):
+        fetch("kvasir-seg", cache=tmp_path, url="notaurl", checksum="none", progress=False)

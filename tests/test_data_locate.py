@@ -7,6 +7,7 @@ test reads the real ``../shared/data`` (and skips without it).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,18 @@ def test_finds_the_real_shared_data(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     monkeypatch.chdir(tmp_path)  # found from the repository root, not the working directory
     for name in DATASETS:
         assert find_dataset(name) == (shared / name).resolve()
+
+
+def test_list_datasets_with_a_data_path_that_is_no_folder(places: dict[str, Path]) -> None:
+    """A mistyped --data is an error naming it, not a list of datasets "not found"."""
+    missing = places["data"] / "nosuch"
+    with pytest.raises(DataError, match=f"--data {re.escape(str(missing))}: no such folder"):
+        list_datasets(data=missing)
+    a_file = places["data"] / "notes.txt"
+    a_file.write_text("x")
+    with pytest.raises(DataError, match=f"--data {re.escape(str(a_file))} is not a folder"):
+        list_datasets(data=a_file)
+    # the MedMNIST file itself is a --data that find_dataset accepts: it stays listed
+    npz = make_dataset(places["data"] / "pneumoniamnist", "pneumoniamnist") / "pneumoniamnist.npz"
+    rows = {row["name"]: row["path"] for row in list_datasets(data=npz)}
+    assert rows["pneumoniamnist"] == str(npz.parent.resolve()) and rows["kvasir-seg"] is None

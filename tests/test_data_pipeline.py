@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -132,6 +134,46 @@ def test_given_split_is_used(kvasir_data, shared_data, tmp_path):
     bad = {**kvasir_data.split, "test": ["not-a-case"]}
     with pytest.raises(DataError, match="the given split: 1 ids are not in the dataset: not-a-case"):
         build_data(cfg, root, split=bad)
+
+
+def _tiny_kvasir(root: Path, foreground: list[bool]) -> Path:
+    """A Kvasir-like folder of 16x16 images; case i has a foreground square when ``foreground[i]``."""
+    from PIL import Image
+
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+    for i, has in enumerate(foreground):
+        Image.fromarray(np.full((16, 16, 3), 10 * i, np.uint8)).save(root / "images" / f"c{i}.png")
+        mask = np.zeros((16, 16), np.uint8)
+        mask[4:12, 4:12] = 255 if has else 0
+        Image.fromarray(mask).save(root / "masks" / f"c{i}.png")
+    return root
+
+
+TINY = {"dataset": "kvasir-seg", "size": [16, 16], "n_test": 1, "val_fraction": 0.2}
+
+
+def test_all_masks_empty_is_refused(tmp_path):
+    """It would train without error and report Dice 0."""
+    root = _tiny_kvasir(tmp_path / "empty", [False] * 6)
+    message = f"{re.escape(str(root.absolute()))}: all 4 masks of the training split are empty"
+    with pytest.raises(DataError, match=message):
+        build_data(TINY, root)
+
+
+def test_some_empty_masks_are_negative_cases(tmp_path):
+    root = _tiny_kvasir(tmp_path / "some", [True] + [False] * 5)
+    data = build_data({**TINY, "n_test": 0, "val_fraction": 0.0}, root)
+    assert len(data.split["train"]) == 6
+
+
+def test_loaded_split_with_unknown_ids_names_its_file(tmp_path):
+    root = _tiny_kvasir(tmp_path / "data", [True] * 6)
+    path = tmp_path / "run" / "split.json"
+    save_split({"train": ["c0", "c1", "nosuch"], "val": ["x"], "test": ["c2"]}, path)
+    message = f"split file {re.escape(str(path))}: 2 ids are not in the dataset: nosuch, x"
+    with pytest.raises(DataError, match=message):
+        build_data(TINY, root, split=load_split(path))
 
 
 @pytest.mark.parametrize(

@@ -307,6 +307,32 @@ def test_medmnist_damaged(tmp_path, pneumonia):
         read_medmnist(truncated)
 
 
+def _medmnist_arrays(dtype=np.float32) -> dict[str, np.ndarray]:
+    arrays = {}
+    for s, n in (("train", 4), ("val", 2), ("test", 2)):
+        arrays[f"{s}_images"] = np.zeros((n, 28, 28), dtype)
+        arrays[f"{s}_labels"] = np.array([[i % 2] for i in range(n)], np.uint8)
+    return arrays
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_medmnist_nan_names_array_and_index(tmp_path, bad):
+    """A NaN pixel would otherwise show only as a NaN training loss."""
+    arrays = _medmnist_arrays()
+    arrays["val_images"][1, 2, 3] = bad
+    arrays["val_images"][1, 5, 0] = bad
+    path = tmp_path / "nan.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(DataError, match=rf"{_q(path)}: val_images holds 2 NaN .*val_images\[1, 2, 3\]"):
+        read_medmnist(path)
+
+
+def test_medmnist_finite_floats_are_read(tmp_path):
+    path = tmp_path / "ok.npz"
+    np.savez(path, **_medmnist_arrays())
+    assert len(read_medmnist(path).images) == 8
+
+
 def test_unknown_format_and_option(tmp_path):
     with pytest.raises(ConfigError, match="unknown dataset or format 'nifti'.*decathlon, folders"):
         read_dataset("nifti", tmp_path)

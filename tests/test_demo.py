@@ -18,3 +18,17 @@ def test_summary_lists_the_base_numbers_every_model_and_the_report():
     assert "PyTorch 30.0 ms, ONNX Runtime 16.5 ms" in text
     assert "l1-f0.5          0.5500   0.750     n/a" in text
     assert str(Path("runs/demo-x/report/report.html")) in text
+
+
+def test_bad_epochs_or_output_are_refused_before_anything_is_made(tmp_path):
+    import pytest
+
+    from medslim.demo import run_demo
+    from medslim.errors import ConfigError
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ConfigError, match="--epochs must be a positive integer"):
+        run_demo(output=str(tmp_path), epochs=0)
+    with pytest.raises(ConfigError, match="is a file, not a folder"):
+        run_demo(output=str(tmp_path / "afile"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]

@@ -74,3 +74,12 @@ def test_equal_style_is_low_for_perfect_outputs_at_every_scale():
     assert good < 0.05 < bad
     for name in ("dice", "ce"):
         assert make_loss("segmentation", name, "equal")(_perfect_logits(label, 2), label) < 0.05
+
+
+@pytest.mark.parametrize("name, style, named", [("dice_bce", "halving", "dice_bce"),
+                                                ("dice", "thirds", "thirds")])
+def test_unknown_loss_or_supervision_style_is_refused_by_name(name, style, named):
+    from medslim.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=named):
+        make_loss("segmentation", name, style)

@@ -114,3 +114,25 @@ def test_freeze_backbone_leaves_only_the_head_trainable():
     assert trainable == ["classifier.0.weight", "classifier.0.bias"]
     assert not any(p.requires_grad for n, p in net.named_parameters() if n.startswith("features"))
     assert isinstance(net.classifier[0], nn.Linear)
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_non_finite_weights_are_refused_with_file_and_tensor_named(tmp_path, suffix):
+    from safetensors.torch import save_file
+
+    state = {k: v.clone().contiguous() for k, v in _vgg(seed=1).state_dict().items()}
+    state["features.0.weight"][0, 0, 0, 0] = float("nan")
+    file = tmp_path / f"w{suffix}"
+    torch.save(state, file) if suffix == ".pth" else save_file(state, str(file))
+    target = _vgg(seed=2)
+    before = target.features[0].weight.clone()
+    with pytest.raises(ArtifactError, match=rf"w\{suffix}: tensor 'features\.0\.weight' holds 1 NaN"):
+        load_pretrained(target, file)
+    assert torch.equal(target.features[0].weight, before)
+
+
+def test_pretrained_arguments_of_the_wrong_type_are_named(tmp_path):
+    with pytest.raises(ConfigError, match="pretrained weights: expected a file or folder path"):
+        read_weights(None)
+    with pytest.raises(ConfigError, match="load_pretrained: model must be a torch.nn.Module"):
+        load_pretrained("vgg", tmp_path)

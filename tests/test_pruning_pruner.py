@@ -147,6 +147,17 @@ def test_bad_options(kwargs, match):
         prune(_unet(), X2, **kwargs)
 
 
+@pytest.mark.parametrize("model, example, match", [
+    ("runs/base", X2, "model must be a torch.nn.Module, got str \\(load a saved model first"),
+    (None, X2, "model must be a torch.nn.Module, got NoneType"),
+    ("UNET", None, "example_input must be a tensor"),
+    ("UNET", [], "example_input must be a tensor"),
+])
+def test_wrong_argument_types_are_named(model, example, match):
+    with pytest.raises(ConfigError, match=match):
+        prune(_unet() if model == "UNET" else model, example, method="l1", flops_ratio=0.5)
+
+
 def test_data_driven_criterion_through_the_pruner():
     batches = [{"image": torch.randn(2, 3, 32, 32), "label": torch.randint(0, 2, (2, 1, 32, 32))}
                for _ in range(2)]

@@ -136,3 +136,15 @@ def test_the_page_renders_in_headless_chromium_with_every_row(tmp_path):
     for label in ("base", "l1-f0.35", "taylor-f0.35", "random-f0.35", "sshn-phi0.2"):
         assert f"data-label=\"{label}\"" in models
     assert dom.count("<img") == 4
+
+
+@pytest.mark.parametrize("content, message", [("{not json", "is not valid JSON"),
+                                              ('{"dataset": "kvasir-seg"}', "lacks its test metrics")])
+def test_a_damaged_results_file_is_named_and_nothing_is_measured(tmp_path, content, message):
+    a = comparison_folder(tmp_path / "a")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        report_paths([a, run], tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -65,3 +65,11 @@ def test_atomic_writes_leave_old_file_on_failure(tmp_path):
             (d / "f").write_text("x")
             raise RuntimeError("boom")
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_an_output_that_is_a_file_is_refused_by_name(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    for output in (tmp_path / "afile", tmp_path / "afile" / "deeper"):
+        with pytest.raises(ConfigError, match="afile is a file, not a folder"):
+            RunDir(output, "r1")
+    assert RunDir(tmp_path / "new" / "runs", "r1").begin().is_dir()

@@ -114,3 +114,10 @@ def test_hippocampus_3d_train_sweep_export(tmp_path, shared_data):
     assert all(0 <= r["dice"] <= 1 and "dice_per_class" in r for r in report["rows"])
     unet = load(export_sshn(runs / "h", 0.5))
     assert unet.spatial_dims == 3 and unet.phi == 0.5
+
+
+@pytest.mark.parametrize("text, message", [("0.5:0.1:3", "STOP \\(0.1\\) is below START \\(0.5\\)"),
+                                           ("0.1:0.5:0", "COUNT must be at least 1")])
+def test_a_bad_sweep_range_says_what_is_wrong(text, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_phis(text)

@@ -178,3 +178,17 @@ def test_reestimated_frozen_norm_stats_are_those_of_the_new_data():
     for name, tensor in net.state_dict().items():
         if name not in ("1.running_mean", "1.running_var", "1.num_batches_tracked"):
             assert torch.equal(tensor, before[name]), name  # weights and the trainable norm untouched
+
+
+def test_fit_takes_a_folder_name_as_a_string_and_creates_it(tmp_path, shared_data, monkeypatch):
+    from medslim.jobs import fill_model_spec, load_data
+    from medslim.models import build_model
+    from medslim.training.loop import fit
+
+    cfg = _cfg("api", tmp_path, extra=["train.epochs=1"])
+    data, _ = load_data(cfg, shared_data)
+    model = build_model(fill_model_spec(cfg["model"], data.info))
+    monkeypatch.chdir(tmp_path)
+    result = fit(model, data, cfg, "runs/x")  # as the README's Python example calls it
+    assert result.epochs_run == 1
+    assert (tmp_path / "runs" / "x" / "metrics.jsonl").exists()

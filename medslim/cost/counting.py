@@ -26,6 +26,8 @@ from typing import Iterator, Sequence, Union
 import torch
 from torch import nn
 
+from medslim.errors import ConfigError
+
 ExampleInput = Union[torch.Tensor, Sequence[torch.Tensor]]
 
 
@@ -33,10 +35,36 @@ def as_inputs(example_input: ExampleInput) -> tuple[torch.Tensor, ...]:
     """Normalise a tensor or a sequence of tensors to the positional-args tuple."""
     if isinstance(example_input, torch.Tensor):
         return (example_input,)
-    inputs = tuple(example_input)
+    try:
+        inputs = tuple(example_input)
+    except TypeError:  # not iterable: refused just below with the standard message
+        inputs = ()
     if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
-        raise TypeError("example_input must be a tensor or a non-empty tuple of tensors")
+        raise ConfigError("example_input must be a tensor or a non-empty tuple of tensors, "
+                          f"got {type(example_input).__name__}")
     return inputs
+
+
+def require_module(model: object, caller: str) -> nn.Module:
+    """``model`` itself; anything but an nn.Module would fail deep inside with an AttributeError."""
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"{caller}: model must be a torch.nn.Module, got {type(model).__name__}")
+    return model
+
+
+def run_model(model: nn.Module, inputs: tuple[torch.Tensor, ...]):
+    """``model(*inputs)``, with an input the model cannot take reported as the caller's mistake.
+
+    A wrong channel count or rank surfaces as a RuntimeError/ValueError/
+    IndexError from some inner layer; the message names example_input and its
+    shape instead, keeping the layer's own words.
+    """
+    try:
+        return model(*inputs)
+    except (RuntimeError, ValueError, IndexError) as err:
+        shapes = ", ".join(str(list(t.shape)) for t in inputs)
+        first = (str(err).strip().splitlines() or [""])[0][:300]
+        raise ConfigError(f"the model cannot run on example_input of shape {shapes}: {first}") from err
 
 
 @contextlib.contextmanager
@@ -59,6 +87,7 @@ def evaluating(model: nn.Module) -> Iterator[nn.Module]:
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameter elements (shared parameters counted once)."""
+    require_module(model, "count_params")
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
@@ -78,9 +107,10 @@ def flop_counts(model: nn.Module, example_input: ExampleInput) -> dict[str, int]
     """FLOPs per module path as the counter names them (``Global`` is the total)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    require_module(model, "count_flops")
     inputs = as_inputs(example_input)
     with evaluating(model), FlopCounterMode(display=False) as counter:
-        model(*inputs)
+        run_model(model, inputs)
     counts = {k: int(sum(v.values())) for k, v in counter.get_flop_counts().items()}
     counts["Global"] = int(counter.get_total_flops())
     return counts

@@ -10,6 +10,7 @@ is pinned explicitly because it changes CPU latency more than most model edits.
 
 from __future__ import annotations
 
+import numbers
 import os
 import time
 from typing import Any, Callable
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from medslim.cost.counting import ExampleInput, as_inputs, evaluating
+from medslim.errors import ConfigError
 
 
 def _summarise(times_s: list[float], threads: int) -> dict[str, Any]:
@@ -34,10 +36,19 @@ def _summarise(times_s: list[float], threads: int) -> dict[str, Any]:
     }
 
 
+def _check_count(name: str, value: Any, least: int) -> None:
+    """An integer option (threads, repeats, warmup) of at least ``least``, named when it is not.
+
+    torch.set_num_threads(0) raises a bare RuntimeError, and ORT reads 0 as "all cores".
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+        raise ConfigError(f"{name} must be an integer >= {least}, got {value!r}")
+
+
 def _time_calls(call: Callable[[], Any], warmup: int, repeats: int) -> list[float]:
     """Wall-clock seconds of ``repeats`` calls after ``warmup`` untimed ones."""
-    if repeats < 1 or warmup < 0:
-        raise ValueError("repeats must be >= 1 and warmup >= 0")
+    _check_count("repeats", repeats, 1)
+    _check_count("warmup", warmup, 0)
     for _ in range(warmup):
         call()
     times = []
@@ -61,6 +72,7 @@ def latency_torch(
     change the caller's process.
     """
     inputs = as_inputs(example_input)
+    _check_count("threads", threads, 1)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -109,6 +121,7 @@ def latency_onnx(
     repeats: int = 20,
 ) -> dict[str, Any]:
     """ONNX Runtime (CPUExecutionProvider) latency of an exported model."""
+    _check_count("threads", threads, 1)
     session = ort_session(onnx_path, threads)
     feeds = ort_feeds(session, example_input)
     times = _time_calls(lambda: session.run(None, feeds), warmup, repeats)

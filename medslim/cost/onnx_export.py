@@ -34,8 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from medslim.cost.counting import ExampleInput, as_inputs, evaluating
-from medslim.errors import MedslimError
+from medslim.cost.counting import ExampleInput, as_inputs, evaluating, require_module, run_model
+from medslim.errors import ConfigError, MedslimError
 
 DEFAULT_OPSET = {"dynamo": 18, "torchscript": 17}
 
@@ -192,12 +192,57 @@ def _compare(
     if got.shape != want.shape:
         raise ExportError(f"ONNX output shape {got.shape} != PyTorch {want.shape} for {target}")
     diff = float(np.max(np.abs(got - want))) if want.size else 0.0
-    if not np.allclose(got, want, rtol=rtol, atol=atol, equal_nan=True):
+    # the reference is finite (checked before export), so a NaN here is a mismatch
+    if not np.allclose(got, want, rtol=rtol, atol=atol):
         raise ExportError(
             f"ONNX export for {target} does not match PyTorch: max abs diff {diff:.3g} "
             f"(rtol={rtol}, atol={atol}); the file was not written"
         )
     return diff
+
+
+def _output_path(path: Any) -> Path:
+    """The ONNX file to write; a directory or a non-path is refused before any work."""
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise ConfigError(f"export_onnx: path must be a file path (str or os.PathLike), got {path!r:.60}")
+    target = Path(path)
+    if target.is_dir():
+        raise ConfigError(f"ONNX output {target} is a directory; give a file path such as "
+                          f"{target / 'model.onnx'}")
+    return target
+
+
+def _staging_folder(target: Path) -> Path:
+    """A hidden folder next to ``target`` to build the file in.
+
+    Creating it up front is the real test that ``target`` can be written (a
+    parent that is a file, a read-only or virtual file system), so a bad path
+    fails before the slow export and with the path named.
+    """
+    blocker = next((p for p in target.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ConfigError(f"cannot write the ONNX file {target}: {blocker} is a file, not a folder")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    except OSError as err:
+        raise ConfigError(f"cannot write the ONNX file {target}: cannot create files in "
+                          f"{target.parent} ({err.strerror or err})") from None
+
+
+def _require_finite(reference: torch.Tensor, target: Path) -> None:
+    """NaN/inf in PyTorch's own output means broken weights; such a file must not replace a good one."""
+    if not bool(torch.isfinite(reference).all()):
+        raise ExportError(f"the model's PyTorch output holds NaN or infinite values, so the export "
+                          f"for {target} was refused (check the weights); the file was not written")
+
+
+def _move_into_place(file: Path, target: Path) -> None:
+    """Same folder, so atomic; the target may have become unwritable since the staging folder was made."""
+    try:
+        os.replace(file, target)
+    except OSError as err:
+        raise ConfigError(f"cannot write the ONNX file {target}: {err.strerror or err}") from None
 
 
 def export_onnx(
@@ -226,21 +271,22 @@ def export_onnx(
     order = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
     if any(name not in EXPORTERS for name in order):
         raise ExportError(f"unknown ONNX exporter {exporter!r}; choose auto, dynamo or torchscript")
+    require_module(model, "export_onnx")
     inputs = as_inputs(example_input)
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    target = _output_path(path)
+    staging = _staging_folder(target)
     try:
         file = staging / target.name
         with evaluating(model):
-            output = model(*inputs)
+            output = run_model(model, inputs)
+            _require_finite(first_output(output), target)
             names = _io_names(inputs, output)
             used = _run_exporters(model, inputs, file, order, opset, names, dynamic_batch)
         if [p.name for p in staging.iterdir()] != [file.name]:
             raise ExportError(f"the export for {target} needs external data files; only single-file ONNX is supported")
         opset_used, dynamic = _file_facts(file)
         diff = _compare(file, inputs, first_output(output), rtol, atol, target) if check else None
-        os.replace(file, target)  # same folder, so atomic
+        _move_into_place(file, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return {"path": str(target), "max_abs_diff": diff, "opset": opset_used, "exporter": used, "dynamic_batch": dynamic}

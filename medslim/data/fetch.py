@@ -21,6 +21,7 @@ import tarfile
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 import zlib
@@ -48,17 +49,19 @@ def fetch(
     """Download dataset ``name`` into ``cache/<name>`` (default :func:`cache_dir`) and return that folder.
 
     ``url`` and ``checksum`` (``"md5:..."``, ``"sha256:..."`` or ``"none"``)
-    replace the registry's, for mirrors. A dataset already in the cache is
-    returned without a download unless ``force``. Any failure raises
-    :class:`DownloadError` naming the URL and leaves no partial files.
+    replace the registry's, for mirrors; a malformed one raises
+    :class:`ConfigError`. A dataset already in the cache is returned without a
+    download unless ``force``. Any failure raises :class:`DownloadError` naming
+    the URL and leaves no partial files.
     """
     info = dataset_info(name)
+    # options are checked even when the cache makes them unused: a typo should not pass silently
+    source = _check_url(url) if url is not None else info.url
+    algorithm, expected = parse_checksum(checksum if checksum is not None else info.checksum)
     root = Path(cache).expanduser() if cache is not None else cache_dir()
     dest = root / name
     if not force and dest.is_dir() and has_markers(dest, info):
         return dest
-    source = url or info.url
-    algorithm, expected = parse_checksum(checksum if checksum is not None else info.checksum)
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -93,6 +96,24 @@ def parse_checksum(text: str | None) -> tuple[str, str | None]:
     return algorithm, digest
 
 
+def _check_url(url: str) -> str:
+    """Refuse a URL that urlopen cannot fetch, before the cache folder is created.
+
+    urlopen raises a bare ValueError ("unknown url type") for these, which
+    would reach the user as a traceback.
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as err:  # e.g. an unclosed "[" in an IPv6 host
+        raise ConfigError(f"--url {url!r} is not a valid URL: {err}") from None
+    remote = parts.scheme in ("http", "https", "ftp") and parts.netloc
+    local = parts.scheme == "file" and parts.path
+    if not (remote or local):
+        raise ConfigError(f"--url {url!r} is not a valid URL: expected http://, https://, ftp:// "
+                          f"or file:// followed by a host or a path")
+    return url
+
+
 # --- download ---------------------------------------------------------------
 
 
@@ -116,7 +137,7 @@ def _download(url: str, target: Path, algorithm: str, progress: bool, label: str
         raise DownloadError(f"download of {url} failed: HTTP {err.code} {err.reason}") from None
     except urllib.error.URLError as err:
         raise DownloadError(f"download of {url} failed: {err.reason}") from None
-    except (http.client.HTTPException, OSError) as err:
+    except (http.client.HTTPException, OSError, ValueError) as err:  # ValueError: a URL _check_url let by
         raise DownloadError(f"download of {url} failed: {type(err).__name__}: {err}") from None
     finally:
         if bar is not None:

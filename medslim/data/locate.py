@@ -215,4 +215,18 @@ def list_datasets(data: str | os.PathLike | None = None) -> list[dict[str, Any]]
                 "url": info.url,
             }
         )
+    if data is not None and not any(row["path"] for row in rows):
+        _check_data_folder(Path(data).expanduser())
     return rows
+
+
+def _check_data_folder(path: Path) -> None:
+    """A ``--data`` that is no folder is a typo, not a folder with no datasets in it.
+
+    Called only when nothing was found, so that ``--data .../pneumoniamnist.npz``,
+    a file that :func:`find_dataset` accepts, still lists that dataset.
+    """
+    if path.exists() and not path.is_dir():
+        raise DataError(f"--data {path} is not a folder; pass the folder that holds the datasets")
+    if not path.is_dir():
+        raise DataError(f"--data {path}: no such folder")

@@ -28,7 +28,7 @@ import torch
 
 from medslim.data.readers import RawData, case_of, decathlon_to_slices, read_dataset
 from medslim.data.splits import check_split, make_split
-from medslim.errors import ConfigError
+from medslim.errors import ConfigError, DataError
 
 DEFAULTS: dict[str, Any] = {
     "dataset": None,
@@ -117,6 +117,8 @@ def build_data(cfg: Mapping[str, Any], root: str | Path, split: Mapping | None =
     split = _choose_split(opts, raw, split)
     info = _task_info(opts, raw, split["train"])
     cases = dict(zip(raw.ids, zip(raw.images, raw.labels)))
+    if info.task == "segmentation":
+        _check_foreground(raw.source, [cases[i][1] for i in split["train"]])
     train = _train_dataset(info, [(i, *cases[i]) for i in split["train"]], opts)
     divisible = None if info.label_size else opts["divisible"]  # resized items need no padding
     val, test = ([_eval_item(info, i, *cases[i], divisible) for i in split[s]] for s in ("val", "test"))
@@ -213,7 +215,8 @@ def _read(opts: dict[str, Any], root: Path, prep: "_Preprocessor") -> RawData:
 def _choose_split(opts: dict[str, Any], raw: RawData, given: Mapping | None) -> dict[str, list[str]]:
     """The given split, else the dataset's official one, else a seeded one (by case)."""
     if given is not None:
-        return check_split(given, raw.ids, "the given split")
+        source = getattr(given, "source", None) or "the given split"  # a loaded Split names its file
+        return check_split(given, raw.ids, source)
     fixed_test = opts["n_test"] is not None or opts["test_fraction"] is not None
     if raw.official_split is not None and not fixed_test:
         return {s: list(v) for s, v in raw.official_split.items()}
@@ -226,6 +229,20 @@ def _choose_split(opts: dict[str, Any], raw: RawData, given: Mapping | None) -> 
         val_fraction=opts["val_fraction"],
         groups=groups,
     )
+
+
+def _check_foreground(source: Path, train_labels: Sequence[Any]) -> None:
+    """Refuse a training set whose masks are all background.
+
+    It would train without error and report Dice 0. Some empty masks are fine
+    (negative cases). The masks are already in memory here, read and resized
+    by the readers, so this costs no second pass over the files.
+    """
+    if not any(bool(label.any()) for label in train_labels):
+        raise DataError(
+            f"{source}: all {len(train_labels)} masks of the training split are empty "
+            f"(no foreground pixel); nothing could be learned, check the mask files"
+        )
 
 
 def _task_info(opts: dict[str, Any], raw: RawData, train_ids: list[str]) -> TaskInfo:

@@ -421,7 +421,22 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
             raise DataError(f"{path}: {s}_labels has shape {labels.shape}; only single-label sets are supported")
         if images.ndim == 4 and images.shape[-1] != 3 or images.ndim not in (3, 4):
             raise DataError(f"{path}: {s}_images has shape {images.shape}; only 2D grey or RGB sets are supported")
+    for key, array in arrays.items():
+        _check_finite_array(array, key, path)
     return arrays
+
+
+def _check_finite_array(array: np.ndarray, key: str, path: Path) -> None:
+    """A whole array at once, since a NaN pixel otherwise surfaces only as a NaN loss."""
+    if not np.issubdtype(array.dtype, np.floating):
+        return
+    finite = np.isfinite(array)
+    if not finite.all():
+        first = ", ".join(str(int(i)) for i in np.unravel_index(np.argmin(finite), finite.shape))
+        raise DataError(
+            f"{path}: {key} holds {int(finite.size - finite.sum())} NaN or infinite values, "
+            f"the first at {key}[{first}]"
+        )
 
 
 def _spread(n: int, limit: int | None) -> list[int]:

@@ -19,6 +19,19 @@ from medslim.errors import ConfigError, DataError
 SUBSETS = ("train", "val", "test")
 
 
+class Split(dict):
+    """A split read from a file: the plain ``{subset: ids}`` dict, plus ``source``.
+
+    ``source`` names the file, so that a later check against the dataset (in
+    ``build_data``) can say which file holds the unknown ids. Being a dict,
+    it compares, iterates and serialises as before.
+    """
+
+    def __init__(self, subsets: Mapping[str, list[str]], source: str) -> None:
+        super().__init__(subsets)
+        self.source = source
+
+
 def make_split(
     ids: Iterable[str],
     seed: int,
@@ -104,8 +117,11 @@ def save_split(split: Mapping[str, list[str]], path: str | Path, seed: int | Non
     )
 
 
-def load_split(path: str | Path, ids: Iterable[str] | None = None) -> dict[str, list[str]]:
-    """Read a split written by :func:`save_split`; with ``ids``, check it against the dataset."""
+def load_split(path: str | Path, ids: Iterable[str] | None = None) -> Split:
+    """Read a split written by :func:`save_split`; with ``ids``, check it against the dataset.
+
+    The result remembers the file (``.source``) for later checks' messages.
+    """
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -115,4 +131,5 @@ def load_split(path: str | Path, ids: Iterable[str] | None = None) -> dict[str, 
         raise DataError(f"cannot read split file {path}: {e}") from e
     if ids is None:
         ids = [i for s in SUBSETS for i in (data.get(s) or [])] if isinstance(data, dict) else []
-    return check_split(data, ids, f"split file {path}")
+    source = f"split file {path}"
+    return Split(check_split(data, ids, source), source)

@@ -44,13 +44,13 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
         raise ConfigError("a model spec needs a 'name' key, e.g. {'name': 'unet', ...}")
     spec = copy.deepcopy(spec)
     name = spec.pop("name")
-    cls = _resolve(name)
+    cls = model_class(name)
     _check_kwargs(name, cls, spec)
     try:
         model = cls(**spec)
     except ConfigError:
         raise
-    except (TypeError, ValueError, AssertionError) as err:
+    except (TypeError, ValueError, AssertionError, RuntimeError) as err:
         raise ConfigError(f"model {name!r} rejected its arguments {spec}: {err}") from err
     setattr(model, SPEC_ATTR, {"name": name, **spec})
     return model
@@ -61,7 +61,8 @@ def model_spec(model: nn.Module) -> dict[str, Any] | None:
     return copy.deepcopy(getattr(model, SPEC_ATTR, None))
 
 
-def _resolve(name: str):
+def model_class(name: str):
+    """The class (or factory) a model name stands for: medslim's own or ``monai.<Name>``."""
     if name in NATIVE:
         module, attr = NATIVE[name]
         return getattr(__import__(module, fromlist=[attr]), attr)
@@ -92,7 +93,7 @@ def complete_spec(spec: dict[str, Any], spatial_dims: int | None, in_channels: i
     Values the spec already states must agree; ``None`` leaves a value to the spec.
     """
     spec = copy.deepcopy(spec)
-    params = inspect.signature(_resolve(spec["name"])).parameters
+    params = inspect.signature(model_class(spec["name"])).parameters
     if "spatial_dims" in params and spatial_dims is not None:
         spec.setdefault("spatial_dims", spatial_dims)
     for names, value, what in ((CHANNEL_ARGS, in_channels, "image channels"),

@@ -73,6 +73,16 @@ def _interpolate(x: torch.Tensor, size) -> torch.Tensor:
     return F.interpolate(x, size=list(size), mode=mode, align_corners=False)
 
 
+def _check_sizes(spatial_dims, in_channels, out_channels, channels) -> None:
+    if spatial_dims not in (1, 2, 3):
+        raise ConfigError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims!r}")
+    for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    if not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in channels):
+        raise ConfigError(f"channels must be positive integers, got {list(channels)}")
+
+
 class UNet(nn.Module):
     """Plain conv U-Net, dimension-agnostic through ``spatial_dims``.
 
@@ -123,6 +133,7 @@ class UNet(nn.Module):
             raise unknown_name("downsampling", downsampling, DOWNSAMPLING)
         if len(channels) < 2:
             raise ConfigError(f"channels needs at least 2 levels, got {list(channels)}")
+        _check_sizes(spatial_dims, in_channels, out_channels, channels)
         if downsampling == "resize" and not 0 < phi <= 1.5:
             raise ConfigError(f"phi must be in (0, 1.5], got {phi}")
         if phi_range is not None:

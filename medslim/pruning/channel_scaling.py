@@ -47,7 +47,7 @@ from torch import nn
 from medslim.errors import ConfigError
 from medslim.pretrained import classifier_head
 from medslim.pruning.graph import ChannelGroup, DependencyGraph, PruningError, Site
-from medslim.pruning.pruner import CostModel, PruneReport, _widths
+from medslim.pruning.pruner import CostModel, PruneReport, layer_widths
 from medslim.pruning.surgery import prune_channels
 from medslim.training.hooks import TrainingHook
 
@@ -178,7 +178,7 @@ def channel_scaling(model: nn.Module, example_input, train: TrainRound, *, lam: 
     model.medslim_pruning = PruneReport(
         "channel_scaling", {"params": params_ratio} if params_ratio is not None else {},
         flops0, count_flops(model, example_input), params0, count_params(model),
-        steps=sum(1 for h in history if h["selecting"]), scope="global", widths=_widths(model),
+        steps=sum(1 for h in history if h["selecting"]), scope="global", widths=layer_widths(model),
         notes=notes, rounds=history)
     return model
 

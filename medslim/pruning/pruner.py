@@ -18,6 +18,7 @@ import copy
 import heapq
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -28,12 +29,6 @@ from medslim.pruning.graph import ChannelGroup, DependencyGraph, PruningError
 from medslim.pruning.surgery import prune_channels
 
 SCOPES = ("global", "local")
-# Global ranking compares scores across layers. Magnitude-like scores grow
-# with a layer's fan-in, so they are divided by their group's mean first (as
-# Torch-Pruning's default); the Taylor scores of the papers and slimming's
-# BN scales are ranked globally as they are.
-DEFAULT_NORMALIZE = {"taylor": "none", "taylor_gate": "none", "taylor_gn": "none",
-                     "taylor_rand": "none", "slimming": "none", "random": "none"}
 NORMALIZERS = ("mean", "max", "l2", "none")
 
 
@@ -100,7 +95,8 @@ def prune(model: nn.Module, example_input, method: str = "l1", flops_ratio: floa
         steps: iterative pruning in this many steps with geometric targets;
             ``finetune(model, step)`` runs after each step.
         normalize: per-group score normalisation before global ranking
-            (``mean``, ``max``, ``l2``, ``none``; default depends on the method).
+            (``mean``, ``max``, ``l2``, ``none``; default: the criterion's
+            ``rank_normalize``).
         optimizer: sliced alongside the model (for pruning inside training);
             only with ``inplace=True``.
         stop_when: checked after each step (and its fine-tuning); when it
@@ -114,13 +110,14 @@ def prune(model: nn.Module, example_input, method: str = "l1", flops_ratio: floa
     from medslim.cost import count_flops, count_params
     from medslim.pruning.criteria import CRITERIA, get_criterion
 
+    _check_arguments(model, example_input)
     if latency_ms is not None:
         return _prune_to_latency(model, example_input, method, data, latency_ms, latency_threads,
                                  scope=scope, max_fraction=max_fraction, round_to=round_to,
                                  ignored=ignored, steps=steps, finetune=finetune, normalize=normalize,
                                  **criterion_options)
-    target = _check_target(flops_ratio, params_ratio)
-    _check_options(scope, max_fraction, steps, normalize, optimizer, inplace)
+    target = check_target(flops_ratio, params_ratio)
+    check_options(scope, max_fraction, steps, normalize, optimizer, inplace)
     if stop_when is not None and inplace:
         raise ConfigError("stop_when undoes a step on a copy: it cannot be used with inplace=True")
     uniform = method == "uniform"
@@ -147,7 +144,8 @@ def prune(model: nn.Module, example_input, method: str = "l1", flops_ratio: floa
         notes += [n for n in graph.notes if n not in notes]
         original = original or {g.key: g.size for g in graph.groups}
         scores = _uniform_scores(graph) if uniform else criterion.scores(model, graph, data)
-        scores = _normalized(scores, normalize or DEFAULT_NORMALIZE.get(method, "mean"), scope)
+        scores = _normalized(scores, normalize or (criterion.rank_normalize if criterion else "none"),
+                             scope)
         cost = CostModel(model, graph, example_input)
         flops0 = flops0 if flops0 is not None else cost.measured  # the same count, one forward less
         keep = select(graph, scores, cost, step_target, flops0, params0, scope, max_fraction, original)
@@ -166,7 +164,7 @@ def prune(model: nn.Module, example_input, method: str = "l1", flops_ratio: floa
         steps_done = step
     model.train(was_training)
     report = PruneReport(method, target, flops0, flops_now, params0, count_params(model),
-                         steps_done, scope, _widths(model), notes)
+                         steps_done, scope, layer_widths(model), notes)
     model.medslim_pruning = report
     return model
 
@@ -476,13 +474,26 @@ def reinitialize(model: nn.Module) -> None:
             module.reset_parameters()
 
 
-def _widths(model: nn.Module) -> dict[str, list[int]]:
+def layer_widths(model: nn.Module) -> dict[str, list[int]]:
+    """[in, out] channels (or features) of every conv and linear layer, by module path."""
     return {name: [m.in_channels, m.out_channels] if hasattr(m, "in_channels")
             else [m.in_features, m.out_features]
             for name, m in model.named_modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))}
 
 
-def _check_target(flops_ratio, params_ratio) -> dict[str, float]:
+def _check_arguments(model, example_input) -> None:
+    if not isinstance(model, nn.Module):
+        hint = " (load a saved model first: medslim.load(path))" if isinstance(model, (str, Path)) else ""
+        raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}{hint}")
+    inputs = (example_input,) if isinstance(example_input, torch.Tensor) else example_input
+    if not isinstance(inputs, (tuple, list)) or not inputs or \
+            not all(isinstance(x, torch.Tensor) for x in inputs):
+        raise ConfigError(f"example_input must be a tensor (or a sequence of tensors) of the shape the "
+                          f"model takes, e.g. torch.zeros(1, 3, 128, 128); got {type(example_input).__name__}")
+
+
+def check_target(flops_ratio, params_ratio) -> dict[str, float]:
+    """{"flops": r, "params": r} from the ratios given; a ConfigError unless each is in (0, 1]."""
     target = {}
     for key, value in (("flops", flops_ratio), ("params", params_ratio)):
         if value is None:
@@ -495,12 +506,13 @@ def _check_target(flops_ratio, params_ratio) -> dict[str, float]:
     return target
 
 
-def _check_options(scope, max_fraction, steps, normalize, optimizer, inplace) -> None:
+def check_options(scope, max_fraction, steps, normalize, optimizer=None, inplace=False) -> None:
+    """A ConfigError naming the first of the pruner's settings that is out of its range."""
     if scope not in SCOPES:
         raise ConfigError(f"scope={scope!r} is not one of: {', '.join(SCOPES)}")
-    if not 0 < max_fraction < 1:
+    if isinstance(max_fraction, bool) or not isinstance(max_fraction, (int, float)) or not 0 < max_fraction < 1:
         raise ConfigError(f"max_fraction must be in (0, 1), got {max_fraction!r}")
-    if not isinstance(steps, int) or steps < 1:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ConfigError(f"steps must be a positive integer, got {steps!r}")
     if normalize is not None and normalize not in NORMALIZERS:
         raise ConfigError(f"normalize={normalize!r} is not one of: {', '.join(NORMALIZERS)}")

@@ -74,7 +74,7 @@ def score_of(metrics: dict) -> float:
     return metrics["dice"] if "dice" in metrics else metrics["auc"]
 
 
-def fit(model: nn.Module, data, cfg: dict, workdir: Path, resume: bool = False,
+def fit(model: nn.Module, data, cfg: dict, workdir: str | Path, resume: bool = False,
         progress: Callable[[dict], None] | None = None,
         after_backward: Callable[[nn.Module], None] | None = None,
         hook: TrainingHook | None = None) -> FitResult:
@@ -87,6 +87,8 @@ def fit(model: nn.Module, data, cfg: dict, workdir: Path, resume: bool = False,
     config's ``train.keep: last``) the final weights are kept rather than the
     best epoch's.
     """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
     tcfg = cfg["train"]
     if tcfg["threads"]:
         torch.set_num_threads(int(tcfg["threads"]))

@@ -17,12 +17,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medslim.errors import unknown_name
+
 STYLES = ("halving", "equal")
+NAMES = ("auto", "dice_ce", "dice", "ce")
 
 
 def make_loss(task: str, name: str = "auto", style: str = "halving") -> nn.Module:
     if task == "classification":
         return nn.CrossEntropyLoss()
+    if name not in NAMES:
+        raise unknown_name("loss", name, NAMES)
+    if style not in STYLES:
+        raise unknown_name("deep-supervision style", style, STYLES)
     from monai.losses import DiceCELoss, DiceLoss
 
     name = "dice_ce" if name == "auto" else name

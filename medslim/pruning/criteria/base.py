@@ -42,12 +42,17 @@ class Criterion:
 
     Subclasses implement :meth:`_scores`; :meth:`scores` checks the inputs and
     applies the per-group ``normalize`` option (``none``; ``l2``: divide by the
-XX
-    mean), which matters only when groups are ranked against each other.
+    group's L2 norm; ``mean``: divide by the group's mean), which matters only
+    when groups are ranked against each other.
     """
 
     name: str = ""
     needs_data: bool = False
+    # Rescaling before a global ranking when the caller does not choose one.
+    # Magnitude-like scores grow with a layer's fan-in, so by default each
+    # group is divided by its mean (as Torch-Pruning does); criteria whose
+    # papers rank raw scores across layers set "none".
+    rank_normalize: str = "mean"
 
     def __init__(self, normalize: str = "none"):
         self.normalize = choice("normalize", normalize, NORMALIZE)

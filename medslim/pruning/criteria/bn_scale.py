@@ -76,6 +76,7 @@ class Slimming(Criterion):
     """score_j = |γ_j| of the group's affine norm(s) (Liu et al. 2017)."""
 
     name = "slimming"
+    rank_normalize = "none"  # the paper thresholds the scales globally as they are
 
     def __init__(self, normalize: str = "none"):
         super().__init__(normalize)

@@ -14,6 +14,7 @@ class RandomScores(Criterion):
     """Uniform [0, 1) scores from a generator seeded with ``seed``, groups in id order."""
 
     name = "random"
+    rank_normalize = "none"
 
     def __init__(self, seed: int = 0):
         super().__init__()

@@ -52,6 +52,8 @@ def _unit_per_sample(grads: list[torch.Tensor]) -> list[torch.Tensor]:
 class _Gradient(DataCriterion):
     """Back-propagate from the outputs and pool a·g per channel; subclasses pool."""
 
+    rank_normalize = "none"  # the Taylor papers rank their scores globally as they are
+
     def __init__(self, batches: int = 8, loss_fn: Optional[LossFn] = None,
                  normalize: str = "none"):
         super().__init__(batches, normalize)

@@ -345,7 +345,7 @@ def main(argv=None) -> int:
     if not args.report_only:
         run_all(args, root)
     from medslim._io import write_json
-    from medslim.cost.report import environment
+    from medslim.cost.measurement import environment
 
     rows = collect(args)
     if not rows:

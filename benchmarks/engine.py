@@ -218,7 +218,7 @@ def main(argv=None) -> int:
         print_profiles({f"{name}, {t} thread{'s' if t > 1 else ''}": results[name][f"profile_{t}t"]
                         for name in CASES for t in args.threads})
     from medslim._io import write_json
-    from medslim.cost.report import environment
+    from medslim.cost.measurement import environment
 
     write_json(args.out, {"date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
                           "environment": environment(), **results})

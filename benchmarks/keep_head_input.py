@@ -66,7 +66,7 @@ def main(argv=None) -> int:
 
     from medslim._io import write_json
     from medslim.artifacts import load
-    from medslim.cost.report import environment
+    from medslim.cost.measurement import environment
     from medslim.jobs import prune_run
 
     torch.set_num_threads(1)

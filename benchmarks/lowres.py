@@ -338,7 +338,7 @@ def main(argv=None) -> int:
     if args.train_only:
         return 0
     from medslim._io import write_json
-    from medslim.cost.report import environment
+    from medslim.cost.measurement import environment
 
     data = collect(args)
     if not data["rows"]:

@@ -499,7 +499,7 @@ def plot(dataset: str, summary: list[dict], epochs: dict, folder: Path) -> list[
 
 def main(argv=None) -> int:
     from medslim._io import write_json
-    from medslim.cost.report import environment
+    from medslim.cost.measurement import environment
 
     args = parse_args(argv)
     datasets = list(CONFIGS) if args.dataset == "all" else [args.dataset]

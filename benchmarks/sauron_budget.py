@@ -293,7 +293,7 @@ def plot(dataset: str, rows: list[dict], folder: Path) -> str:
 
 def main(argv=None) -> int:
     from medslim._io import write_json
-    from medslim.cost.report import environment
+    from medslim.cost.measurement import environment
 
     args = parse_args(argv)
     out = Path(args.out)

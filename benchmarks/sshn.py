@@ -414,7 +414,7 @@ def main(argv=None) -> int:
     elif "default_sweep" in previous:
         report["default_sweep"] = previous["default_sweep"]
     from medslim._io import write_json
-    from medslim.cost.report import environment
+    from medslim.cost.measurement import environment
 
     report["environment"] = environment()
     report["date"] = time.strftime("%Y-%m-%d")

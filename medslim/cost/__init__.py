@@ -12,7 +12,7 @@ from medslim.cost.counting import count_flops, count_macs, count_params
 from medslim.cost.latency import latency_onnx, latency_torch
 from medslim.cost.memory import peak_memory
 from medslim.cost.onnx_export import ExportError, export_onnx
-from medslim.cost.report import measure
+from medslim.cost.measurement import measure
 
 __all__ = [
     "ExportError",

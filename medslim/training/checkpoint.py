@@ -38,7 +38,7 @@ def resize_to_checkpoint(folder: Path, model: nn.Module) -> None:
     pruned = _read_state(folder).get("pruned")
     if pruned:
         weights = folder / "model.safetensors"
-        resize_pruned(model, load_tensors(weights), pruned, weights)
+        resize_pruned(model, load_tensors(weights), pruned, weights, record=folder / "state.json")
 
 
 def load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:

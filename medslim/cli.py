@@ -34,7 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_add_train, _add_evaluate, _add_cost, _add_export, _add_prune, _add_sshn, _add_compare,
+                _add_report, _add_data, _add_demo):
+        add(sub)  # one function per command, in the order --help lists them
+    return parser
 
+
+def _add_train(sub) -> None:
     p = _sub(sub, "train", "train a model from a YAML config (a path or a built-in name)")
     _training_arguments(p, "kvasir-unet, kvasir-demo, hippocampus-unet, pneumoniamnist-vgg")
     p.add_argument("--prune", metavar="METHOD",
@@ -55,11 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how --input-size logits reach --output-size (default jnet: a learned "
                         "head, 87 parameters per class at 8x)")
 
+
+def _add_evaluate(sub) -> None:
     p = _sub(sub, "evaluate", "evaluate a finished run on its saved split")
     p.add_argument("run", type=Path)
     p.add_argument("--split", default="test", choices=["val", "test"])
     p.add_argument("--data", help="dataset folder, if it moved since training")
 
+
+def _add_cost(sub) -> None:
     p = _sub(sub, "cost", "parameters, FLOPs, latency (PyTorch, ONNX Runtime) and memory of a model")
     p.add_argument("model", type=Path, help="run folder or model folder")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -67,11 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-onnx", action="store_true", help="skip ONNX export and ONNX Runtime timing")
     p.add_argument("--input-shape", type=int, nargs="+", help="e.g. 1 3 128 128 (default: recorded)")
 
+
+def _add_export(sub) -> None:
     p = _sub(sub, "export", "export a model to ONNX, checked against PyTorch")
     p.add_argument("model", type=Path, help="run folder or model folder")
     p.add_argument("--output", type=Path, required=True, help="the .onnx file to write")
     p.add_argument("--input-shape", type=int, nargs="+")
 
+
+def _add_prune(sub) -> None:
     p = _sub(sub, "prune", "prune a trained run's model to a FLOPs, parameter or latency target; writes a new run")
     p.add_argument("run", type=Path)
     p.add_argument("--method", required=True,
@@ -107,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the cost measurement (parameters, FLOPs, latency, memory: cost.json)")
     p.add_argument("--quiet", action="store_true")
 
+
+def _add_sshn(sub) -> None:
     p = _sub(sub, "sshn", "scale-space hypernetworks: train one, sweep phi, export a U-Net")
     ssub = p.add_subparsers(dest="sshn_command", metavar="ACTION", required=True)
     q = ssub.add_parser("train", help="train a hypernetwork over a range of phi (config model: sshn)")
@@ -130,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--overwrite", action="store_true")
     q.add_argument("--data", help="dataset folder, if it moved since training")
 
+
+def _add_compare(sub) -> None:
     p = _sub(sub, "compare", "make and measure many models of one dataset (a compare YAML); "
                              "table, Pareto fronts and report")
     p.add_argument("config", help="compare YAML file, or a built-in: kvasir-methods, kvasir-demo")
@@ -140,12 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-report", action="store_true", help="the table only, no plots or HTML")
     p.add_argument("--quiet", action="store_true", help="no progress display")
 
+
+def _add_report(sub) -> None:
     p = _sub(sub, "report", "plots and a self-contained HTML report from comparison or run folders")
     p.add_argument("runs", nargs="+", type=Path, metavar="RUN",
                    help="comparison folders (medslim compare) or finished run folders, of one dataset")
     p.add_argument("--output", type=Path,
                    help="folder for the report (default for one comparison: its report/ folder)")
 
+
+def _add_data(sub) -> None:
     p = _sub(sub, "data", "list known datasets or download one")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     q = dsub.add_parser("list", help="where each dataset is found")
@@ -157,11 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--checksum", help="expected checksum, e.g. md5:... or sha256:...")
     q.add_argument("--force", action="store_true", help="download again even if cached")
 
+
+def _add_demo(sub) -> None:
     p = _sub(sub, "demo", "train, evaluate and measure a small U-Net on Kvasir-SEG (under 10 min on 2 CPU cores)")
     p.add_argument("--data", help="dataset folder, or a folder that contains kvasir-seg/")
     p.add_argument("--output", default="runs")
     p.add_argument("--epochs", type=int, help="override the demo's epoch count")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

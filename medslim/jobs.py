@@ -339,9 +339,7 @@ def prune_run(run: Path, method: str, flops_ratio: float | None = None, params_r
             cost_run(work, threads=cfg.get("cost", {}).get("threads", [1, 2]),
                      repeats=cfg.get("cost", {}).get("repeats", 20))
     except BaseException:
-        import shutil
-
-        shutil.rmtree(out.work, ignore_errors=True)  # pruning has no resume: leave nothing half-done
+        out.abandon()  # pruning has no resume (no checkpoint): nothing half-done is left
         raise
     return out.commit()
 

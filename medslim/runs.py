@@ -35,6 +35,16 @@ def check_output_folder(output: str | Path, option: str = "--output") -> Path:
     return path
 
 
+def _missing_folders(path: Path) -> list[Path]:
+    """``path`` and its ancestors that do not exist yet, deepest first."""
+    missing = []
+    for part in (path, *path.parents):
+        if part.exists():
+            break
+        missing.append(part)
+    return missing
+
+
 class RunDir:
     def __init__(self, output: str | Path, name: str):
         if not NAME.match(name):
@@ -55,6 +65,7 @@ class RunDir:
                               "replace it when the new run succeeds, or choose another --name")
         if self.work.exists():
             shutil.rmtree(self.work)  # a stale partial run the user chose not to resume
+        self._made = _missing_folders(self.final.parent)
         self.work.mkdir(parents=True)
         return self.work
 
@@ -67,4 +78,9 @@ class RunDir:
         if (self.work / "checkpoint").exists():
             return True
         shutil.rmtree(self.work, ignore_errors=True)
+        for folder in getattr(self, "_made", []):  # a refused first run leaves no empty --output
+            try:
+                folder.rmdir()
+            except OSError:
+                break  # something else was written there meanwhile: leave it
         return False

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import re
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -217,6 +216,6 @@ def export_sshn(run: Path, phi: float, output: str | Path | None = None, name: s
                                            "phi": phi, "in_range": in_range,
                                            "test": evaluate_model(unet, data, cfg, "test")})
     except BaseException:
-        shutil.rmtree(out.work, ignore_errors=True)
+        out.abandon()
         raise
     return out.commit()

@@ -73,3 +73,15 @@ def test_an_output_that_is_a_file_is_refused_by_name(tmp_path):
         with pytest.raises(ConfigError, match="afile is a file, not a folder"):
             RunDir(output, "r1")
     assert RunDir(tmp_path / "new" / "runs", "r1").begin().is_dir()
+
+
+def test_a_refused_first_run_leaves_no_empty_output_folders(tmp_path):
+    run = RunDir(tmp_path / "new" / "runs", "r1")
+    run.begin()
+    assert run.abandon() is False
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "kept").mkdir()
+    run = RunDir(tmp_path / "kept", "r1")
+    run.begin()
+    run.abandon()
+    assert (tmp_path / "kept").is_dir()  # a folder that was there before stays

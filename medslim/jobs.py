@@ -269,15 +269,17 @@ def prune_run(run: Path, method: str, flops_ratio: float | None = None, params_r
 
     from medslim.artifacts import load, save
     from medslim.data.splits import load_split
-    from medslim.progress import training_progress
     from medslim.pruning import prune
     from medslim.runs import RunDir
-    from medslim.training.loop import fit, make_loader, seed_everything
+    from medslim.training.loop import make_loader, seed_everything
 
     cfg = read_run_config(run)
     model = load(run)
     _check_keep(model, keep, method, external, run)
     _check_finetune(finetune_epochs, finetune_lr)
+    if method == "channel_scaling" and finetune_epochs:
+        raise ConfigError("channel_scaling trains the head and scales in every round "
+                          "(--option epochs=N per round); --finetune-epochs does not apply")
     shape = input_shape_of(model, run)
     name = name or _pruned_name(run, method, flops_ratio, params_ratio, options)
     out = RunDir(output or run.parent, name)
@@ -292,25 +294,10 @@ def prune_run(run: Path, method: str, flops_ratio: float | None = None, params_r
         loader = make_loader(data.train, cfg["train"], cfg["seed"]) if method != "uniform" else None
 
         val_before_finetune: list[float] = []  # how hard each cut hit, before any recovery
-
-        def finetune(net, step):
-            if finetune_epochs <= 0:
-                return
-            val_before_finetune.append(_val_score(net, data, cfg))
-            step_dir = work / f"finetune-step{step}"
-            step_dir.mkdir()
-            callback, close = training_progress(f"{name} step {step}", progress)
-            try:
-                fit(net, data, tune, step_dir, progress=callback)
-            finally:
-                close()
-
+        finetune = _finetuner(work, data, cfg, tune, name, progress, finetune_epochs, val_before_finetune)
         start = time.perf_counter()
         stop_when = _tolerance_check(model, data, cfg, dice_tolerance)
         if method == "channel_scaling":
-            if finetune_epochs:
-                raise ConfigError("channel_scaling trains the head and scales in every round "
-                                  "(--option epochs=N per round); --finetune-epochs does not apply")
             pruned = select_by_scaling(model, torch.zeros(*shape), data, cfg, work, params_ratio,
                                        round_to, finetune_lr, options, progress)
             report = pruned.medslim_pruning.to_dict()
@@ -342,6 +329,31 @@ def prune_run(run: Path, method: str, flops_ratio: float | None = None, params_r
         out.abandon()  # pruning has no resume (no checkpoint): nothing half-done is left
         raise
     return out.commit()
+
+
+def _finetuner(work: Path, data, cfg: dict, tune: dict, name: str, progress: bool, epochs: int,
+               val_before: list[float]):
+    """``finetune(net, step)`` for the pruner: trains ``epochs`` epochs in ``work/finetune-step<step>``.
+
+    It first records the cut network's validation score in ``val_before``:
+    how hard each cut hit, before any recovery.
+    """
+    from medslim.progress import training_progress
+    from medslim.training.loop import fit
+
+    def finetune(net, step):
+        if epochs <= 0:
+            return
+        val_before.append(_val_score(net, data, cfg))
+        step_dir = work / f"finetune-step{step}"
+        step_dir.mkdir()
+        callback, close = training_progress(f"{name} step {step}", progress)
+        try:
+            fit(net, data, tune, step_dir, progress=callback)
+        finally:
+            close()
+
+    return finetune
 
 
 def _check_finetune(epochs, lr) -> None:

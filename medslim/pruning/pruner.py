@@ -108,7 +108,6 @@ def prune(model: nn.Module, example_input, method: str = "l1", flops_ratio: floa
         >>> small = prune(net, torch.zeros(1, 3, 128, 128), method="l1", flops_ratio=0.25)
     """
     from medslim.cost import count_flops, count_params
-    from medslim.pruning.criteria import CRITERIA, get_criterion
 
     _check_arguments(model, example_input)
     if latency_ms is not None:
@@ -121,14 +120,7 @@ def prune(model: nn.Module, example_input, method: str = "l1", flops_ratio: floa
     if stop_when is not None and inplace:
         raise ConfigError("stop_when undoes a step on a copy: it cannot be used with inplace=True")
     uniform = method == "uniform"
-    if method == "channel_scaling":
-        raise ConfigError("channel_scaling trains while it prunes: call medslim.pruning.channel_scaling"
-                          "(model, example_input, train=...) or `medslim prune RUN --method channel_scaling`")
-    if not uniform and method not in CRITERIA:
-        raise unknown_name("pruning method", method, [*CRITERIA, "uniform", "channel_scaling"])
-    criterion = None if uniform else get_criterion(method, **criterion_options)
-    if criterion is not None and criterion.needs_data and data is None:
-        raise ConfigError(f"pruning method {method!r} needs data: pass data=<batches>")
+    criterion = None if uniform else _criterion_for(method, data, criterion_options)
     model = model if inplace else copy.deepcopy(model)
     was_training = model.training
     flops0, params0 = None, count_params(model)
@@ -479,6 +471,21 @@ def layer_widths(model: nn.Module) -> dict[str, list[int]]:
     return {name: [m.in_channels, m.out_channels] if hasattr(m, "in_channels")
             else [m.in_features, m.out_features]
             for name, m in model.named_modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))}
+
+
+def _criterion_for(method: str, data, options: dict):
+    """The scoring criterion ``method`` names, refused here if it cannot run as called."""
+    from medslim.pruning.criteria import CRITERIA, get_criterion
+
+    if method == "channel_scaling":
+        raise ConfigError("channel_scaling trains while it prunes: call medslim.pruning.channel_scaling"
+                          "(model, example_input, train=...) or `medslim prune RUN --method channel_scaling`")
+    if method not in CRITERIA:
+        raise unknown_name("pruning method", method, [*CRITERIA, "uniform", "channel_scaling"])
+    criterion = get_criterion(method, **options)
+    if criterion.needs_data and data is None:
+        raise ConfigError(f"pruning method {method!r} needs data: pass data=<batches>")
+    return criterion
 
 
 def _check_arguments(model, example_input) -> None:

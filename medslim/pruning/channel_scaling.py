@@ -46,7 +46,7 @@ from torch import nn
 
 from medslim.errors import ConfigError
 from medslim.pretrained import classifier_head
-from medslim.pruning.graph import ChannelGroup, DependencyGraph, PruningError, Site
+from medslim.pruning.graph import ChannelGroup, DependencyGraph, PruningError, Site, hook_sites
 from medslim.pruning.pruner import CostModel, PruneReport, layer_widths
 from medslim.pruning.surgery import prune_channels
 from medslim.training.hooks import TrainingHook
@@ -79,31 +79,13 @@ class ScaleTraining(TrainingHook):
 
     def begin(self, model: nn.Module) -> None:
         self.close()
-        calls: dict[str, int] = {}
-        self._handles.append(model.register_forward_pre_hook(lambda m, a: calls.clear()))
-        by_module: dict[str, list[tuple[int, Site]]] = {}
-        for i, (_, site) in enumerate(self.gates):
-            by_module.setdefault(site.module, []).append((i, site))
-        for path, members in by_module.items():
-            module = model.get_submodule(path)
-            self._handles.append(module.register_forward_hook(self._scale(path, members, calls)))
+        self._handles = hook_sites(model, [(i, site) for i, (_, site) in enumerate(self.gates)], self._scale)
 
-    def _scale(self, path: str, members: list[tuple[int, Site]], calls: dict[str, int]):
-        def hook(module: nn.Module, args: Any, out: torch.Tensor) -> torch.Tensor:
-            call = calls.get(path, 0)
-            calls[path] = call + 1
-            factor = None
-            for i, site in members:
-                if site.call != call:
-                    continue
-                if factor is None:
-                    factor = torch.ones(out.shape[1], dtype=out.dtype, device=out.device)
-                scale = self.scales.scales[i].abs().to(out.dtype)
-                factor = torch.cat([factor[:site.offset], scale, factor[site.offset + scale.numel():]])
-            if factor is None:
-                return out
-            return out * factor.view(1, -1, *([1] * (out.dim() - 2)))
-        return hook
+    def _scale(self, i: int, site: Site, out: torch.Tensor, module: nn.Module) -> torch.Tensor:
+        scale = self.scales.scales[i].abs().to(out.dtype)
+        factor = torch.ones(out.shape[1], dtype=out.dtype, device=out.device)
+        factor = torch.cat([factor[:site.offset], scale, factor[site.offset + scale.numel():]])
+        return out * factor.view(1, -1, *([1] * (out.dim() - 2)))
 
     def extra_loss(self) -> Optional[torch.Tensor]:
         return self.lam * self.scales.l1() if self.lam else None

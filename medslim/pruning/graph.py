@@ -265,6 +265,48 @@ def resolve_ignored(model: nn.Module, ignored: Iterable[Union[str, nn.Module]]) 
     return paths
 
 
+def hook_sites(model: nn.Module, members: Iterable[tuple[Any, Site]], on_output) -> list:
+    """Forward hooks calling ``on_output(item, site, out, module)`` at each member's site.
+
+    ``members`` pairs anything (a group, an index) with the :class:`Site` where
+    its channels appear; a module called several times in one forward is
+    matched on ``Site.call`` (the count restarts at every forward of
+    ``model``). ``on_output`` may return a replacement for ``out`` (channel
+    scaling multiplies it), or None to leave it. Returns the handles, to
+    ``remove()`` when done. Criteria, Sauron and channel scaling all observe
+    channels this one way.
+    """
+    by_module: dict[str, list[tuple[Any, Site]]] = {}
+    for item, site in members:
+        by_module.setdefault(site.module, []).append((item, site))
+    calls: dict[str, int] = {}
+    handles = [model.register_forward_pre_hook(lambda m, a: calls.clear())]
+    try:
+        for path, at_module in by_module.items():
+            hook = _site_hook(path, at_module, calls, on_output)
+            handles.append(model.get_submodule(path).register_forward_hook(hook))
+    except BaseException:
+        for h in handles:
+            h.remove()
+        raise
+    return handles
+
+
+def _site_hook(path: str, members: list[tuple[Any, Site]], calls: dict[str, int], on_output):
+    def hook(module: nn.Module, args: Any, out: Any):
+        call = calls.get(path, 0)
+        calls[path] = call + 1
+        if not torch.is_tensor(out):
+            return None
+        result = out
+        for item, site in members:
+            if site.call == call:
+                replaced = on_output(item, site, result, module)
+                result = result if replaced is None else replaced
+        return None if result is out else result
+    return hook
+
+
 def close_names(model: nn.Module, path: str) -> str:
     """A '; did you mean ...?' hint for a module path that is not in ``model`` ('' when none is close)."""
     close = difflib.get_close_matches(path, sorted(n for n, _ in model.named_modules()), n=3)

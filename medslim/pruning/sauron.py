@@ -56,7 +56,7 @@ from torch import nn
 
 from medslim.errors import ConfigError
 from medslim.pruning.criteria.base import observed_site
-from medslim.pruning.graph import ChannelGroup, DependencyGraph, close_names
+from medslim.pruning.graph import ChannelGroup, DependencyGraph, Site, close_names, hook_sites
 from medslim.pruning.surgery import prune_channels
 from medslim.training.hooks import TrainingHook
 
@@ -299,27 +299,12 @@ class Sauron(TrainingHook):
                       for g in self._prunable()}
 
     def _attach(self) -> None:
-        by_module: dict[str, list] = {}
-        for group in self._prunable():
-            site = observed_site(group)
-            by_module.setdefault(site.module, []).append((group, site))
-        calls: dict[str, int] = {}
-        # a module's call count (Site.call) restarts with every forward of the model
-        self._handles.append(self.model.register_forward_pre_hook(lambda m, a: calls.clear()))
-        for path, members in by_module.items():
-            module = self.model.get_submodule(path)
-            self._handles.append(module.register_forward_hook(self._tap(path, members, calls)))
+        members = [(group, observed_site(group)) for group in self._prunable()]
+        self._handles += hook_sites(self.model, members, self._tap)
 
-    def _tap(self, path: str, members: list, calls: dict[str, int]):
-        def hook(module: nn.Module, args: Any, out: Any) -> None:
-            call = calls.get(path, 0)
-            calls[path] = call + 1
-            if not module.training or not torch.is_tensor(out):
-                return
-            for group, site in members:
-                if site.call == call and group.size > 1:
-                    self._measure(group, out[:, site.offset:site.offset + group.size])
-        return hook
+    def _tap(self, group: ChannelGroup, site: Site, out: torch.Tensor, module: nn.Module) -> None:
+        if module.training and group.size > 1:  # validation forwards do not count
+            self._measure(group, out[:, site.offset:site.offset + group.size])
 
     def _measure(self, group: ChannelGroup, maps: torch.Tensor) -> None:
         key = group.key

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from medslim.errors import ConfigError
-from medslim.pruning.graph import ChannelGroup, DependencyGraph, PruningError, Site
+from medslim.pruning.graph import ChannelGroup, DependencyGraph, PruningError, Site, hook_sites
 
 Scores = dict[int, torch.Tensor]
 LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
@@ -207,29 +207,18 @@ class SiteTaps:
 
     ``acts[gid]`` is a detached copy (a later in-place op cannot change it);
     with ``grads=True`` a tensor hook stores ``grads[gid]``, the gradient of
-    the loss with respect to that output (before any in-place change). A
-    module called several times per forward is matched on ``Site.call``.
+    the loss with respect to that output (before any in-place change).
     """
 
     def __init__(self, model: nn.Module, groups: list[ChannelGroup], grads: bool = False):
         self.model, self.want_grads = model, grads
-        self.by_module: dict[str, list[tuple[ChannelGroup, Site]]] = {}
-        for g in groups:
-            site = observed_site(g)
-            self.by_module.setdefault(site.module, []).append((g, site))
+        self.members = [(g, observed_site(g)) for g in groups]
         self.handles: list = []
         self.acts: dict[int, torch.Tensor] = {}
         self.grads: dict[int, torch.Tensor] = {}
-        self.calls: dict[str, int] = {}
 
     def __enter__(self) -> "SiteTaps":
-        try:
-            for path in self.by_module:
-                hook = self._hook(path)
-                self.handles.append(self.model.get_submodule(path).register_forward_hook(hook))
-        except BaseException:
-            self.__exit__()
-            raise
+        self.handles = hook_sites(self.model, self.members, self._store)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -238,22 +227,13 @@ class SiteTaps:
         self.handles = []
 
     def reset(self) -> None:
-        self.acts, self.grads, self.calls = {}, {}, {}
+        self.acts, self.grads = {}, {}
 
-    def _hook(self, path: str):
-        def hook(module: nn.Module, args: Any, out: Any) -> None:
-            call = self.calls.get(path, 0)
-            self.calls[path] = call + 1
-            if not torch.is_tensor(out):
-                return
-            for group, site in self.by_module[path]:
-                if site.call != call:
-                    continue
-                span = slice(site.offset, site.offset + group.size)
-                self.acts[group.id] = out[:, span].detach().float().clone()
-                if self.want_grads and out.requires_grad:
-                    out.register_hook(self._grad_hook(group.id, span))
-        return hook
+    def _store(self, group: ChannelGroup, site: Site, out: torch.Tensor, module: nn.Module) -> None:
+        span = slice(site.offset, site.offset + group.size)
+        self.acts[group.id] = out[:, span].detach().float().clone()
+        if self.want_grads and out.requires_grad:
+            out.register_hook(self._grad_hook(group.id, span))
 
     def _grad_hook(self, gid: int, span: slice):
         def store(grad: torch.Tensor) -> None:

@@ -94,3 +94,16 @@ def json_default(obj: Any):
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
     raise TypeError(f"cannot write {type(obj).__name__} as JSON")
+
+
+def check_output_folder(output: str | Path, option: str = "--output") -> Path:
+    """``output`` as a folder that exists or can be made: not a file, nor under one."""
+    from medslim.errors import ConfigError
+
+    path = Path(output)
+    for part in (path, *path.parents):
+        if part.exists():
+            if not part.is_dir():
+                raise ConfigError(f"{option} {output}: {part} is a file, not a folder")
+            break
+    return path

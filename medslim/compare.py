@@ -33,11 +33,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from medslim import __version__
-from medslim._io import write_json, write_text
+from medslim._io import check_output_folder, write_json, write_text
 from medslim.config import is_number
 from medslim.errors import ConfigError, unknown_name
 from medslim.pareto import pareto_front
-from medslim.runs import NAME, check_output_folder
+from medslim.runs import NAME
 
 TABLE_FORMAT = "medslim-compare-table"
 TABLE_VERSION = 1

@@ -19,7 +19,7 @@ def run_demo(data: str | None = None, output: str = "runs", epochs: int | None =
     from medslim.report import report_comparison
 
     from medslim.errors import ConfigError
-    from medslim.runs import check_output_folder
+    from medslim._io import check_output_folder
 
     name = f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     overrides = [f"output={output}", f"name={name}"]

@@ -74,17 +74,11 @@ def _check_output(output: Path) -> None:
 
 def merge(paths: list[Path], output: Path) -> dict:
     """One table from comparison folders and run folders; refuses a mix of datasets, splits or timings."""
-    first = None
-    # every input is checked before any is measured: a refused mix leaves no cost files behind
-    for path in paths:
-        if (path / "table.json").exists():
-            table = read_table(path)
-            key = (table["dataset"], table["split_signature"], str(path / "table.json"), table["measure"])
-        else:
-            key = (_read_results(path)["dataset"], split_signature(path), str(path), dict(MEASURE_DEFAULTS))
-        if first is None:
-            first = key
-        elif key[0] != first[0]:
+    # every input is read and checked before any is measured: a refused mix leaves no cost files
+    inputs = [_read_input(path) for path in paths]
+    first = inputs[0][2]
+    for _, _, key in inputs[1:]:
+        if key[0] != first[0]:
             raise ConfigError(f"{key[2]} is on {key[0]!r} but {first[2]} is on {first[0]!r}: "
                               "one report compares models of one dataset")
         elif key[1] != first[1]:
@@ -94,18 +88,30 @@ def merge(paths: list[Path], output: Path) -> dict:
             raise ConfigError(f"{key[2]} was timed with measure {key[3]} but {first[2]} with {first[3]}: "
                               "latencies at other thread counts do not share a front")
     rows = []
-    for path in paths:
-        if (path / "table.json").exists():
-            table = read_table(path)
-            part = [dict(r) for r in table["rows"]]
+    for path, content, _ in inputs:
+        if "rows" in content:  # a comparison's table
+            part = [dict(r) for r in content["rows"]]
             if len(paths) > 1:
                 for r in part:
-                    r["label"] = f"{table['name']}/{r['label']}"
+                    r["label"] = f"{content['name']}/{r['label']}"
             rows += part
         else:
-            rows.append(_run_row(path, output))
+            rows.append(_run_row(path, content, output))
     return build_table(rows, first[0], first[1], first[3],
                        output.parent.name if output.name == "report" else output.name)
+
+
+def _read_input(path: Path) -> tuple[Path, dict, tuple]:
+    """(path, its table or its results, (dataset, split signature, source, measure settings))."""
+    if (path / "table.json").exists():
+        table = read_table(path)
+        return path, table, (table["dataset"], table["split_signature"], str(path / "table.json"),
+                             table["measure"])
+    results = _read_results(path)
+    from medslim.artifacts import load_manifest
+
+    load_manifest(path)  # a readable medslim model
+    return path, results, (results["dataset"], split_signature(path), str(path), dict(MEASURE_DEFAULTS))
 
 
 def _read_results(run: Path) -> dict:
@@ -124,11 +130,7 @@ def _read_results(run: Path) -> dict:
     return results
 
 
-def _run_row(run: Path, output: Path) -> dict:
-    results = _read_results(run)
-    from medslim.artifacts import load_manifest
-
-    load_manifest(run)  # a readable medslim model; dataset and split are checked across inputs by merge
+def _run_row(run: Path, results: dict, output: Path) -> dict:
     row = quality_of(run)
     row.update(label=run.name, method=results.get("method", "trained"), kind="import", run=str(run),
                reproduce=f"see {run / 'config.yaml'}",

@@ -14,7 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
-from medslim._io import replace_dir
+from medslim._io import check_output_folder, replace_dir
 from medslim.errors import ConfigError
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -22,17 +22,6 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 def default_name(cfg: dict) -> str:
     return f"{cfg['data']['dataset']}-{cfg['model']['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def check_output_folder(output: str | Path, option: str = "--output") -> Path:
-    """``output`` as a folder that exists or can be made: not a file, nor under one."""
-    path = Path(output)
-    for part in (path, *path.parents):
-        if part.exists():
-            if not part.is_dir():
-                raise ConfigError(f"{option} {output}: {part} is a file, not a folder")
-            break
-    return path
 
 
 def _missing_folders(path: Path) -> list[Path]:
@@ -52,6 +41,7 @@ class RunDir:
         check_output_folder(output)
         self.final = Path(output) / name
         self.work = Path(output) / f".{name}.partial"
+        self._made: list[Path] = []  # output folders begin() created, removed again by abandon()
 
     def begin(self, resume: bool = False, overwrite: bool = False) -> Path:
         """Prepare the work folder; refuse before any work if the run exists."""
@@ -78,7 +68,7 @@ class RunDir:
         if (self.work / "checkpoint").exists():
             return True
         shutil.rmtree(self.work, ignore_errors=True)
-        for folder in getattr(self, "_made", []):  # a refused first run leaves no empty --output
+        for folder in self._made:  # a refused first run leaves no empty --output
             try:
                 folder.rmdir()
             except OSError:

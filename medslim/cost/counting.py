@@ -21,6 +21,7 @@ mode, no autograd, inputs as a tuple.
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Iterator, Sequence, Union
 
 import torch
@@ -48,7 +49,8 @@ def as_inputs(example_input: ExampleInput) -> tuple[torch.Tensor, ...]:
 def require_module(model: object, caller: str) -> nn.Module:
     """``model`` itself; anything but an nn.Module would fail deep inside with an AttributeError."""
     if not isinstance(model, nn.Module):
-        raise ConfigError(f"{caller}: model must be a torch.nn.Module, got {type(model).__name__}")
+        hint = " (load a saved model first: medslim.load(path))" if isinstance(model, (str, os.PathLike)) else ""
+        raise ConfigError(f"{caller}: model must be a torch.nn.Module, got {type(model).__name__}{hint}")
     return model
 
 

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medslim._io import check_output_folder
 from medslim.cost.counting import ExampleInput, as_inputs, evaluating, require_module, run_model
 from medslim.errors import ConfigError, MedslimError
 
@@ -219,9 +220,7 @@ def _staging_folder(target: Path) -> Path:
     parent that is a file, a read-only or virtual file system), so a bad path
     fails before the slow export and with the path named.
     """
-    blocker = next((p for p in target.parents if p.exists() and not p.is_dir()), None)
-    if blocker is not None:
-        raise ConfigError(f"cannot write the ONNX file {target}: {blocker} is a file, not a folder")
+    check_output_folder(target.parent, f"the ONNX file {target} needs the folder")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))

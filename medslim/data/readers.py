@@ -60,10 +60,15 @@ def _require_dir(path: Path, what: str) -> Path:
     return path
 
 
-def _check_finite(image: np.ndarray, path: Path) -> None:
-    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
-        bad = int(np.size(image) - np.isfinite(image).sum())
-        raise DataError(f"{path}: image holds {bad} NaN or infinite values")
+def _check_finite(array: np.ndarray, path: Path, what: str = "image") -> None:
+    """A whole array at once, since a NaN pixel otherwise surfaces only as a NaN loss."""
+    if not np.issubdtype(array.dtype, np.floating):
+        return
+    finite = np.isfinite(array)
+    if not finite.all():
+        first = ", ".join(str(int(i)) for i in np.unravel_index(np.argmin(finite), finite.shape))
+        raise DataError(f"{path}: {what} holds {int(finite.size - finite.sum())} NaN or infinite values, "
+                        f"the first at {what}[{first}]")
 
 
 def _check_label_range(label: np.ndarray, num_classes: int, path: Path) -> None:
@@ -422,21 +427,8 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
         if images.ndim == 4 and images.shape[-1] != 3 or images.ndim not in (3, 4):
             raise DataError(f"{path}: {s}_images has shape {images.shape}; only 2D grey or RGB sets are supported")
     for key, array in arrays.items():
-        _check_finite_array(array, key, path)
+        _check_finite(array, path, key)
     return arrays
-
-
-def _check_finite_array(array: np.ndarray, key: str, path: Path) -> None:
-    """A whole array at once, since a NaN pixel otherwise surfaces only as a NaN loss."""
-    if not np.issubdtype(array.dtype, np.floating):
-        return
-    finite = np.isfinite(array)
-    if not finite.all():
-        first = ", ".join(str(int(i)) for i in np.unravel_index(np.argmin(finite), finite.shape))
-        raise DataError(
-            f"{path}: {key} holds {int(finite.size - finite.sum())} NaN or infinite values, "
-            f"the first at {key}[{first}]"
-        )
 
 
 def _spread(n: int, limit: int | None) -> list[int]:

@@ -18,7 +18,6 @@ import copy
 import heapq
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -108,8 +107,10 @@ def prune(model: nn.Module, example_input, method: str = "l1", flops_ratio: floa
         >>> small = prune(net, torch.zeros(1, 3, 128, 128), method="l1", flops_ratio=0.25)
     """
     from medslim.cost import count_flops, count_params
+    from medslim.cost.counting import as_inputs, require_module
 
-    _check_arguments(model, example_input)
+    require_module(model, "prune")
+    as_inputs(example_input)
     if latency_ms is not None:
         return _prune_to_latency(model, example_input, method, data, latency_ms, latency_threads,
                                  scope=scope, max_fraction=max_fraction, round_to=round_to,
@@ -486,17 +487,6 @@ def _criterion_for(method: str, data, options: dict):
     if criterion.needs_data and data is None:
         raise ConfigError(f"pruning method {method!r} needs data: pass data=<batches>")
     return criterion
-
-
-def _check_arguments(model, example_input) -> None:
-    if not isinstance(model, nn.Module):
-        hint = " (load a saved model first: medslim.load(path))" if isinstance(model, (str, Path)) else ""
-        raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}{hint}")
-    inputs = (example_input,) if isinstance(example_input, torch.Tensor) else example_input
-    if not isinstance(inputs, (tuple, list)) or not inputs or \
-            not all(isinstance(x, torch.Tensor) for x in inputs):
-        raise ConfigError(f"example_input must be a tensor (or a sequence of tensors) of the shape the "
-                          f"model takes, e.g. torch.zeros(1, 3, 128, 128); got {type(example_input).__name__}")
 
 
 def check_target(flops_ratio, params_ratio) -> dict[str, float]:

@@ -17,10 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medslim.config import CHOICES
 from medslim.errors import unknown_name
 
 STYLES = ("halving", "equal")
-NAMES = ("auto", "dice_ce", "dice", "ce")
+NAMES = CHOICES[("train", "loss")]
 
 
 def make_loss(task: str, name: str = "auto", style: str = "halving") -> nn.Module:

@@ -150,7 +150,7 @@ def _add_sshn(sub) -> None:
 def _add_compare(sub) -> None:
     p = _sub(sub, "compare", "make and measure many models of one dataset (a compare YAML); "
                              "table, Pareto fronts and report")
-    p.add_argument("config", help="compare YAML file, or a built-in: kvasir-methods, kvasir-demo")
+    p.add_argument("config", help="compare YAML file, or a built-in: kvasir-methods, kvasir-demo, hippocampus-methods")
     p.add_argument("-o", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a value of the compare config, e.g. -o output=/tmp/runs "
                         "-o measure.threads=2")

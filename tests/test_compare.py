@@ -183,10 +183,12 @@ def test_a_dataset_that_cannot_be_found_fails_before_training(tmp_path):
 
 
 def test_the_builtin_compare_configs_are_valid(shared_data):
-    for name in ("kvasir-demo", "kvasir-methods"):
+    for name, dataset in (("kvasir-demo", "kvasir-seg"), ("kvasir-methods", "kvasir-seg"),
+                          ("hippocampus-methods", "hippocampus")):
         plan = make_plan(name, data_path=str(shared_data))
-        assert plan.dataset == "kvasir-seg" and len(plan.entries) >= 2
-    with pytest.raises(ConfigError, match="built-in compare configs: kvasir-demo, kvasir-methods"):
+        assert plan.dataset == dataset and len(plan.entries) >= 2
+    with pytest.raises(ConfigError, match="built-in compare configs: hippocampus-methods, kvasir-demo, "
+                                          "kvasir-methods"):
         make_plan("kvasir-nothing")
 
 

@@ -109,7 +109,14 @@ def test_training_checkpoint_with_adam_state_still_loads(tmp_path):
     opt.step()
     save_checkpoint(tmp_path / "ckpt", net, opt, {"epoch": 1})
     again = _model()
-    assert load_checkpoint(tmp_path / "ckpt", again, torch.optim.Adam(again.parameters())) == {"epoch": 1}
+    opt_again = torch.optim.Adam(again.parameters())
+    assert load_checkpoint(tmp_path / "ckpt", again, opt_again) == {"epoch": 1}
+    for a, b in zip(again.state_dict().values(), net.state_dict().values()):
+        assert torch.equal(a, b)
+    for p, q in zip(again.parameters(), net.parameters()):
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(opt_again.state[p][key], opt.state[q][key])
+        assert float(opt_again.state[p]["step"]) == 1
 
 
 @pytest.mark.parametrize("pruned, field", [

@@ -104,7 +104,7 @@ def test_pruning_rows_cut_to_the_recorded_sauron_ratio_of_their_own_seed():
     assert pruning.recorded_sauron_ratio("kvasir", 2, recorded) is None
 
 
-def test_pruning_slimming_with_its_sparsity_training_is_a_method_of_its_own():
+def test_pruning_slimming_with_its_sparsity_training_is_a_method_of_its_own(capsys):
     import pruning
 
     args = pruning.parse_args(["--methods", "slimming-sparse", "--level-methods", "slimming-sparse",
@@ -112,6 +112,7 @@ def test_pruning_slimming_with_its_sparsity_training_is_a_method_of_its_own():
     assert args.methods == ["slimming-sparse"] and args.sparsity == 5e-5
     with pytest.raises(SystemExit):
         pruning.parse_args(["--methods", "slimming-l1"])
+    assert "--methods: invalid choice: 'slimming-l1'" in capsys.readouterr().err
 
 
 def test_sshn_benchmark_refuses_a_bad_phi_list_before_training(capsys):
@@ -140,7 +141,7 @@ def test_sshn_narrow_row_trains_over_its_own_range_and_is_compared_per_seed():
     assert [p["in_range"] for p in sshn.curve(data, "sshn")] == [True, True]
 
 
-def test_sauron_budget_names_its_runs_by_what_differs_from_the_paper():
+def test_sauron_budget_names_its_runs_by_what_differs_from_the_paper(capsys):
     import sauron_budget
 
     args = sauron_budget.parse_args(["--epochs", "60", "--tau-max", "0.5"])
@@ -174,9 +175,13 @@ def test_sauron_budget_names_its_runs_by_what_differs_from_the_paper():
     assert parse_override("prune.min_width=0.25") == ("prune.min_width", 0.25)
     alone = sauron_budget.variants("kvasir", 2, sauron_budget.parse_args(["--variants", "baseline", "--epochs", "60"]))
     assert alone == {"baseline-e60-kvasir-s2": ["train.epochs=60"]}
-    for bad in (["--epochs", "0"], ["--tau-max", "2"], ["--epochs", "20", "--settle", "20"], ["--min-width", "[8]"]):
+    for bad, said in ((["--epochs", "0"], "--epochs must be at least 1, got 0"),
+                      (["--tau-max", "2"], "--tau-max must lie in [0.001, 1], got 2.0"),
+                      (["--epochs", "20", "--settle", "20"], "--settle must lie in [0, --epochs), got 20"),
+                      (["--min-width", "[8]"], "--min-width: give a number or a {layer: number} mapping")):
         with pytest.raises(SystemExit):
             sauron_budget.parse_args(bad)
+        assert said in capsys.readouterr().err
 
 
 def test_sauron_budget_measures_each_drop_against_the_baseline_of_the_same_epochs():

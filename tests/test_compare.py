@@ -88,10 +88,11 @@ def test_every_row_says_how_to_make_it_again(finished):
 
 def test_running_again_resumes_without_making_anything_again(finished, shared_data):
     config, folder = finished
-    weights = folder / "runs" / "base" / "model.safetensors"
-    before = weights.stat().st_mtime
+    made = sorted((folder / "runs").glob("*/model.safetensors")) + sorted(folder.glob("costs/*.json"))
+    assert len(made) >= 14  # 7 models and their costs
+    before = {p: p.stat().st_mtime_ns for p in made}
     run_compare(config, data_path=str(shared_data), progress=False)
-    assert weights.stat().st_mtime == before
+    assert {p: p.stat().st_mtime_ns for p in made} == before
     assert len(read_table(folder)["rows"]) == 7
 
 
@@ -267,7 +268,7 @@ def test_a_3d_comparison_reports_each_class(tmp_path, shared_data):
     assert "Dice Anterior" in text and "Dice Posterior" in text
 
 
-def test_report_takes_run_folders_and_measures_them_once(finished, tmp_path):
+def test_report_takes_run_folders_and_measures_them_once(finished, tmp_path, monkeypatch):
     from medslim.report import report_paths
 
     _, folder = finished
@@ -278,5 +279,11 @@ def test_report_takes_run_folders_and_measures_them_once(finished, tmp_path):
     assert table["rows"][1]["method"] == "l1" and table["rows"][1]["ort_ms"] > 0
     cached = sorted(p.name for p in (out / "costs").iterdir())
     assert cached == ["base.json", "l1-f0.5.json"]
-    report_paths(runs, tmp_path / "r")  # again: the costs are reused, the report replaced
+    (tmp_path / "r" / "report.html").unlink()
+
+    def measure_again(*args, **kwargs):
+        raise AssertionError("a cost was measured again")
+
+    monkeypatch.setattr("medslim.cost.measure", measure_again)
+    report_paths(runs, tmp_path / "r")  # again: the costs are reused, the report written anew
     assert (tmp_path / "r" / "report.html").exists()

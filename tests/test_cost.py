@@ -62,15 +62,23 @@ class Net3D(nn.Module):
 
 
 class TwoHeads(nn.Module):
-    """Returns a tuple even in eval mode, like some deep-supervision nets."""
+    """Returns a tuple even in eval mode, like some deep-supervision nets.
 
-    def __init__(self) -> None:
+    ``noisy`` adds random noise to that output (0 or 1), which ONNX Runtime
+    cannot reproduce: only the first output is the prediction that is compared.
+    """
+
+    def __init__(self, noisy: int | None = None) -> None:
         super().__init__()
         self.conv = nn.Conv2d(1, 2, 3, padding=1)
+        self.noisy = noisy
 
     def forward(self, x: torch.Tensor):
         y = self.conv(x)
-        return y, y.mean(dim=(2, 3))
+        outputs = [y, y.mean(dim=(2, 3))]
+        if self.noisy is not None:
+            outputs[self.noisy] = outputs[self.noisy] + torch.randn_like(outputs[self.noisy])
+        return tuple(outputs)
 
 
 class Noisy(nn.Module):
@@ -237,6 +245,9 @@ def test_export_falls_back_to_torchscript_with_warning(tmp_path):
 
 def test_export_sequence_output_compares_first(tmp_path):
     _check_export(TwoHeads(), torch.randn(1, 1, 8, 8), tmp_path, exporter="torchscript")
+    _check_export(TwoHeads(noisy=1), torch.randn(1, 1, 8, 8), tmp_path, exporter="torchscript")
+    with pytest.raises(ExportError, match="max abs diff"):
+        export_onnx(TwoHeads(noisy=0), torch.randn(1, 1, 8, 8), tmp_path / "model.onnx", exporter="torchscript")
 
 
 def test_export_mismatch_raises_and_keeps_existing_file(tmp_path):

@@ -119,8 +119,10 @@ def test_rounds_stop_at_the_parameter_target_then_settle():
     assert small.medslim_pruning.params_ratio <= 0.3
     assert rounds[-1]["selecting"] is False and rounds[-1]["removed"] == 0  # the settle round
     assert all(r["removed"] > 0 for r in rounds[:-1]) and len(rounds) < 11
-    # the last selecting round removed no more than needed: one fewer channel would miss the target
-    assert rounds[-2]["params"] <= 0.3 * small.medslim_pruning.params_before
+    # the last selecting round stops just under the target rather than removing every
+    # zero-scaled channel (about half of them here, which would leave far fewer parameters)
+    before = small.medslim_pruning.params_before
+    assert 0.29 * before < rounds[-2]["params"] <= 0.3 * before
     assert small.medslim_pruning.to_dict()["rounds"] == rounds
 
 

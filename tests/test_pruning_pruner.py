@@ -128,11 +128,18 @@ def test_in_place_pruning_slices_the_optimizer_and_training_goes_on():
     net(X2).mean().backward()
     opt.step()
     prune(net, X2, method="l1", flops_ratio=0.5, inplace=True, optimizer=opt)
+    # the moments survive the surgery, sliced, before any new step could recreate them
+    assert {len(g["params"]) for g in opt.param_groups} == {len(list(net.parameters()))}
+    for p in net.parameters():
+        state = opt.state[p]
+        assert float(state["step"]) == 1
+        assert state["exp_avg"].shape == state["exp_avg_sq"].shape == p.shape
+        assert state["exp_avg_sq"].abs().sum() > 0
     opt.zero_grad()
     net(X2).mean().backward()
     opt.step()
     for p in net.parameters():
-        assert opt.state[p]["exp_avg"].shape == p.shape
+        assert opt.state[p]["exp_avg"].shape == p.shape and float(opt.state[p]["step"]) == 2
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -175,7 +182,7 @@ def test_latency_target_bisects_on_measured_latency(monkeypatch):
     full_ms = count_flops(net, X2) / 1e6
     small = prune(net, X2, method="l1", latency_ms=full_ms * 0.4)
     achieved_ms = count_flops(small, X2) / 1e6
-    assert full_ms * 0.25 <= achieved_ms <= full_ms * 0.4
+    assert full_ms * 0.4 * 0.8 <= achieved_ms <= full_ms * 0.4
     assert small.medslim_pruning.target == {"latency_ms": pytest.approx(full_ms * 0.4), "threads": 1}
     with pytest.raises(PruningError, match="latency_ms=.* cannot be reached"):
         prune(net, X2, method="l1", latency_ms=full_ms * 1e-4)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 import subprocess
@@ -60,7 +59,7 @@ def test_a_failed_report_leaves_the_earlier_one(tmp_path, monkeypatch):
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(report, "render_html", broken)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="disk full"):
         write_report(make_table(name="other"), tmp_path / "report")
     assert (tmp_path / "report" / "report.html").read_text() == before
     assert [p.name for p in tmp_path.iterdir()] == ["report"]

@@ -54,7 +54,9 @@ def test_sweep_measures_every_phi_and_marks_the_front(hyper_run, capsys):
     assert [r["in_range"] for r in rows] == [True, True, False]
     assert rows[0]["flops"] < rows[1]["flops"] < rows[2]["flops"]
     assert all(0 <= r["dice"] <= 1 and r["ort_ms_1t"] > 0 and "hd95" in r for r in rows)
-    assert set(report["pareto_phis"]) <= {0.1, 0.5, 0.8} and 0.1 in report["pareto_phis"]
+    # FLOPs rise with phi, so a phi is on the front when it beats the Dice of every smaller phi
+    front = [r["phi"] for i, r in enumerate(rows) if all(r["dice"] > s["dice"] for s in rows[:i])]
+    assert report["pareto_phis"] == front
     assert (hyper_run / "sweep-val.png").stat().st_size > 1000
 
 

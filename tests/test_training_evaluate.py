@@ -86,3 +86,7 @@ def test_classification_accuracy_and_auc():
              for i, v in enumerate([-2.0, -1.0, 1.0, 2.0, 0.5])]
     res = evaluate_classification(Fixed(), items, 2)
     assert res == {"n_cases": 5, "accuracy": 1.0, "auc": 1.0}
+    # a positive case scored between the two negatives: 1 of 8 pairs misordered, 1 of 6 wrong
+    items.append({"image": torch.full((1, 2, 2), -1.5), "label": torch.tensor(1), "id": "5"})
+    res = evaluate_classification(Fixed(), items, 2)
+    assert res["accuracy"] == pytest.approx(5 / 6) and res["auc"] == pytest.approx(7 / 8)

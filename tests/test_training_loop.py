@@ -100,7 +100,7 @@ def test_wrong_channel_count_fails_before_training(tmp_path, shared_data):
 
 def test_missing_data_leaves_nothing(tmp_path):
     cfg = _cfg("nodata", tmp_path)
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match="nowhere"):
         train_run(cfg, data_path=tmp_path / "nowhere", progress=False)
     assert not (tmp_path / "runs").exists()
 
@@ -110,7 +110,7 @@ def test_failed_rerun_keeps_the_earlier_run(tmp_path, shared_data):
     before = (first / "results.json").read_text()
     with pytest.raises(ConfigError, match="already exists"):
         train_run(_cfg("keep", tmp_path, extra=["train.epochs=1"]), data_path=shared_data, progress=False)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="in_channels=7 does not fit the data"):
         train_run(_cfg("keep", tmp_path, extra=["model.in_channels=7"]), data_path=shared_data,
                   overwrite=True, progress=False)
     assert (first / "results.json").read_text() == before

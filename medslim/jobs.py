@@ -245,6 +245,21 @@ def _check_positive(values: dict[str, Sequence]) -> None:
             raise ConfigError(f"{option} must be positive integers, got {' '.join(map(str, items))}")
 
 
+def _write_pruned_run(work: Path, run: Path, cfg: dict, model, pruned, method: str, test: dict,
+                      record: dict) -> None:
+    """The pruned run's files: its config and split (the source's), model, pruning record, results."""
+    from medslim.artifacts import save
+
+    write_config(work / "config.yaml", cfg)
+    save_split_copy(run, work)
+    save(pruned, work, extra={**model.medslim_manifest.get("extra", {}), "pruned_from": str(run)})
+    write_json(work / "pruning.json", record)
+    write_json(work / "results.json", {"dataset": cfg["data"]["dataset"], "source_run": str(run),
+                                       "method": method, "test": test, "prune_seconds": record["seconds"],
+                                       "flops_ratio": record["flops_ratio"],
+                                       "params_ratio": record["params_ratio"]})
+
+
 def prune_run(run: Path, method: str, flops_ratio: float | None = None, params_ratio: float | None = None,
               finetune_epochs: int = 0, finetune_lr: float | None = None, steps: int = 1,
               scope: str = "global", max_fraction: float = 0.9, round_to: int = 1,
@@ -267,7 +282,7 @@ def prune_run(run: Path, method: str, flops_ratio: float | None = None, params_r
     """
     import torch
 
-    from medslim.artifacts import load, save
+    from medslim.artifacts import load
     from medslim.data.splits import load_split
     from medslim.pruning import prune
     from medslim.runs import RunDir
@@ -311,17 +326,10 @@ def prune_run(run: Path, method: str, flops_ratio: float | None = None, params_r
             pruned, report = _prune_externally(external, model, torch.zeros(*shape), method, finetune)
         seconds = time.perf_counter() - start
         test = evaluate_model(pruned, data, cfg, "test")
-        write_config(work / "config.yaml", cfg)
-        save_split_copy(run, work)
-        save(pruned, work, extra={**model.medslim_manifest.get("extra", {}), "pruned_from": str(run)})
-        write_json(work / "pruning.json", {**report, "source_run": str(run), "finetune_epochs": finetune_epochs,
-                                          "finetune_lr": tune["train"]["lr"], "seconds": seconds,
-                                          "kept_layers": list(keep),
-                                          "val_before_finetune": val_before_finetune})
-        write_json(work / "results.json", {"dataset": cfg["data"]["dataset"], "source_run": str(run),
-                                           "method": method, "test": test, "prune_seconds": seconds,
-                                           "flops_ratio": report["flops_ratio"],
-                                           "params_ratio": report["params_ratio"]})
+        record = {**report, "source_run": str(run), "finetune_epochs": finetune_epochs,
+                  "finetune_lr": tune["train"]["lr"], "seconds": seconds, "kept_layers": list(keep),
+                  "val_before_finetune": val_before_finetune}
+        _write_pruned_run(work, run, cfg, model, pruned, method, test, record)
         if measure:
             cost_run(work, threads=cfg.get("cost", {}).get("threads", [1, 2]),
                      repeats=cfg.get("cost", {}).get("repeats", 20))

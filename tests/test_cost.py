@@ -237,7 +237,7 @@ def test_export_monai_dynunet_deep_supervision(tmp_path):
 
 
 def test_export_falls_back_to_torchscript_with_warning(tmp_path):
-    x = torch.ones(1, 1, 4, 4)
+    x = torch.rand(1, 1, 4, 4) + 0.1  # not constant: the export is checked on this input, the traced branch
     with pytest.warns(UserWarning, match="fell back to the torchscript"):
         info = _check_export(DataDependent(), x, tmp_path)
     assert info["exporter"] == "torchscript" and info["opset"] == 17
@@ -248,6 +248,23 @@ def test_export_sequence_output_compares_first(tmp_path):
     _check_export(TwoHeads(noisy=1), torch.randn(1, 1, 8, 8), tmp_path, exporter="torchscript")
     with pytest.raises(ExportError, match="max abs diff"):
         export_onnx(TwoHeads(noisy=0), torch.randn(1, 1, 8, 8), tmp_path / "model.onnx", exporter="torchscript")
+
+
+def test_a_constant_example_is_verified_on_a_seeded_random_input(tmp_path):
+    from medslim.cost.onnx_export import check_inputs
+    from medslim.models import build_model
+
+    # a zero image makes instance norm divide rounding noise by sqrt(eps): PyTorch and
+    # ONNX Runtime then differ by whole units, though both are right
+    unet = build_model({"name": "unet", "spatial_dims": 2, "in_channels": 3, "out_channels": 2,
+                        "channels": [4, 8, 16]})
+    info = _check_export(unet, torch.zeros(1, 3, 32, 32), tmp_path)
+    assert info["max_abs_diff"] <= 1e-4
+    image = torch.randn(1, 3, 8, 8)
+    assert check_inputs((image,))[0] is image
+    replaced = check_inputs((torch.zeros(1, 3, 8, 8),))[0]
+    assert replaced.shape == (1, 3, 8, 8) and replaced.std() > 0.5
+    assert torch.equal(replaced, check_inputs((torch.ones(1, 3, 8, 8),))[0])  # seeded
 
 
 def test_export_mismatch_raises_and_keeps_existing_file(tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 EXAMPLES = {
@@ -195,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from medslim.errors import MedslimError
 
+    shown = warnings.showwarning
+    warnings.showwarning = _show_warning
     try:
         return COMMANDS[args.command](args) or 0
     except MedslimError as err:
@@ -206,6 +209,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("medslim: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = shown
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """medslim's own warnings as one line, like its errors; other libraries' as Python prints them."""
+    if filename.startswith(str(Path(__file__).parent)):
+        print(f"medslim: warning: {message}", file=sys.stderr)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 def _training_arguments(p: argparse.ArgumentParser, builtins: str) -> None:
@@ -312,8 +325,20 @@ def cmd_prune(args) -> int:
     results = json.loads((run / "results.json").read_text())
     _print_results({"flops_ratio": results["flops_ratio"], "params_ratio": results["params_ratio"],
                     **results["test"]}, f"pruned with {args.method} ({run})")
+    _warn_if_short(args, results, json.loads((run / "pruning.json").read_text()).get("notes") or [])
     print(f"run folder: {run}")
     return 0
+
+
+def _warn_if_short(args, results: dict, notes: list[str]) -> None:
+    """Say on stderr when the run stopped above its target (a tolerance, a round budget), and why."""
+    for option, key in (("--flops-ratio", "flops_ratio"), ("--params-ratio", "params_ratio")):
+        target = getattr(args, key)
+        if target is not None and results[key] > target * 1.01:
+            print(f"medslim: warning: {option} {target:g} not reached: the pruned model keeps "
+                  f"{results[key]:.3f}", file=sys.stderr)
+    for note in notes:
+        print(f"medslim: note: {note}", file=sys.stderr)
 
 
 def cmd_sshn(args) -> int:

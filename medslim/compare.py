@@ -242,6 +242,17 @@ def _finished_run(value: Any, where: str) -> Path:
     return run
 
 
+def _check_made_on(run: Path, dataset: str, where: str) -> None:
+    """A run of another dataset is refused with the plan, before the base is trained or measured."""
+    try:
+        made_on = json.loads((run / "results.json").read_text()).get("dataset")
+    except (OSError, ValueError, AttributeError) as err:
+        raise ConfigError(f"{where}: cannot read {run / 'results.json'}: {err}") from None
+    if made_on != dataset:
+        raise ConfigError(f"{where}: {run} was made on {made_on!r}, not {dataset!r} (the base's): "
+                          "it cannot share a table with this comparison")
+
+
 def _check_dataset(cfg: dict, data_path: str | None) -> None:
     """An unknown dataset, or a known one that cannot be found, fails now, not after training."""
     from medslim.data.locate import DATASETS, find_dataset
@@ -279,6 +290,7 @@ def _entry(raw: Any, index: int, base: Entry, classification: bool, path: Path) 
     entry = Entry(label, method, kind, settings)
     if "run" in raw:
         entry.run = _finished_run(raw["run"], f"{where}.run")
+        _check_made_on(entry.run, base.train_cfg["data"]["dataset"], f"{where}.run")
     elif kind == "import":
         raise ConfigError(f"{where}: method 'run' imports a finished run: give its folder as 'run'")
     CHECKS[kind](entry, raw, base, classification, where)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import inspect
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -114,6 +115,10 @@ def start_from_pretrained(model, cfg: dict, train_data, fresh: bool = True) -> d
     if tcfg.get("pretrained"):
         out["pretrained"] = load_pretrained(model, tcfg["pretrained"])
     if tcfg.get("freeze_backbone"):
+        if not tcfg.get("pretrained") and fresh:
+            warnings.warn("train.freeze_backbone without train.pretrained freezes a randomly initialised "
+                          "backbone: only the head learns (give --pretrained to transfer features)",
+                          stacklevel=2)
         trainable = freeze_backbone(model)
         out["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
         out["trainable"] = trainable
@@ -289,6 +294,9 @@ def prune_run(run: Path, method: str, flops_ratio: float | None = None, params_r
     from medslim.training.loop import make_loader, seed_everything
 
     cfg = read_run_config(run)
+    if cfg["model"]["name"] == "sshn":
+        raise ConfigError(f"{run} holds a scale-space hypernetwork, whose weights are generated per phi; "
+                          f"export a U-Net at one phi and prune that run: medslim sshn export {run} --phi 0.3")
     model = load(run)
     _check_keep(model, keep, method, external, run)
     _check_finetune(finetune_epochs, finetune_lr)

@@ -46,6 +46,7 @@ class RunDir:
     def begin(self, resume: bool = False, overwrite: bool = False) -> Path:
         """Prepare the work folder; refuse before any work if the run exists."""
         if resume:
+            self._recover_checkpoint()
             if not (self.work / "checkpoint").exists():
                 where = f"; {self.final} is already complete" if self.final.exists() else ""
                 raise ConfigError(f"nothing to resume: no checkpoint in {self.work}{where}")
@@ -58,6 +59,19 @@ class RunDir:
         self._made = _missing_folders(self.final.parent)
         self.work.mkdir(parents=True)
         return self.work
+
+    def _recover_checkpoint(self) -> None:
+        """Tidy what a kill during a checkpoint write left in the work folder.
+
+        ``atomic_dir`` builds ``.checkpoint.<random>.partial`` and, when it
+        replaces the old checkpoint, parks it as ``.checkpoint.old`` for a
+        moment: a kill in between leaves the old one there and no checkpoint.
+        """
+        checkpoint, parked = self.work / "checkpoint", self.work / ".checkpoint.old"
+        if not checkpoint.exists() and parked.is_dir():
+            parked.replace(checkpoint)
+        for stale in [*self.work.glob(".checkpoint.*.partial"), parked]:
+            shutil.rmtree(stale, ignore_errors=True)
 
     def commit(self) -> Path:
         replace_dir(self.work, self.final)

@@ -216,6 +216,12 @@ def test_transfer_head_only_then_channel_scaling(tmp_path, shared_data, capsys):
     assert report["params_ratio"] <= 0.6 and report["rounds"][0]["removed"] > 0
     assert (pruned / "round1" / "metrics.jsonl").exists()
     assert count_params(load(pruned)) == report["params_after"] < count_params(head)
+    assert "not reached" not in capsys.readouterr().err
+    # one round cannot reach 1 % of the parameters: the run is kept, and the shortfall said
+    assert main(["prune", str(runs / "head"), "--method", "channel_scaling", "--params-ratio", "0.01",
+                 "--option", "epochs=1", "--option", "rounds=1", "--name", "short", "--quiet", "--no-cost"]) == 0
+    kept = json.loads((runs / "short" / "results.json").read_text())["params_ratio"]
+    assert f"warning: --params-ratio 0.01 not reached: the pruned model keeps {kept:.3f}" in capsys.readouterr().err
     assert main(["prune", str(runs / "head"), "--method", "channel_scaling", "--option", "alpha=1",
                  "--name", "bad", "--quiet", "--no-cost"]) == 2
     assert "unknown option 'alpha' for channel_scaling" in capsys.readouterr().err

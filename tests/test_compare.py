@@ -127,6 +127,19 @@ def test_an_imported_run_of_another_split_or_dataset_is_refused(finished, tmp_pa
         check_compatible(run, "kvasir-seg", signature)
 
 
+def test_a_run_of_another_dataset_is_refused_with_the_plan(finished, tmp_path, shared_data):
+    _, folder = finished
+    run = tmp_path / "elsewhere"
+    shutil.copytree(folder / "runs" / "l1-f0.5", run)
+    results = json.loads((run / "results.json").read_text())
+    (run / "results.json").write_text(json.dumps({**results, "dataset": "pneumoniamnist"}))
+    config = write_config(tmp_path, [{"method": "run", "run": str(run)}])
+    with pytest.raises(ConfigError, match=r"methods\[0\].run: .*elsewhere was made on 'pneumoniamnist', "
+                                          r"not 'kvasir-seg' \(the base's\)"):
+        run_compare(config, data_path=str(shared_data), progress=False)
+    assert not (tmp_path / "runs").exists()  # refused before the base was trained
+
+
 def test_a_table_of_another_format_version_is_refused(finished, tmp_path):
     _, folder = finished
     table = read_table(folder)

@@ -28,3 +28,15 @@ def test_a_dataset_of_ones_own_in_a_known_format(tmp_path):
         load_data({"data": {"dataset": "crops", "format": "medmnist"}}, str(tmp_path / "gone"))
     with pytest.raises(ConfigError, match="unknown dataset 'crops'"):
         load_data({"data": {"dataset": "crops"}}, str(folder))  # without a format the name must be known
+
+
+def test_a_frozen_backbone_without_pretrained_weights_is_warned_about():
+    from medslim.jobs import start_from_pretrained
+    from medslim.models import build_model
+
+    cfg = {"train": {"freeze_backbone": True}, "seed": 0}
+    net = build_model({"name": "vgg16_bn", "in_channels": 1, "num_classes": 2, "width": 0.0625})
+    with pytest.warns(UserWarning, match="freezes a randomly initialised backbone"):
+        out = start_from_pretrained(net, cfg, train_data=None)
+    assert out["trainable"] and all(name.startswith("classifier") for name in out["trainable"])
+    start_from_pretrained(net, cfg, train_data=None, fresh=False)  # a resumed run is not warned again

@@ -44,6 +44,22 @@ def test_abandon_keeps_resumable_work(tmp_path):
     assert RunDir(tmp_path, "r1").begin(resume=True) == run.work
 
 
+def test_resume_tidies_what_a_kill_during_a_checkpoint_write_left(tmp_path):
+    run = RunDir(tmp_path, "r1")
+    run.begin()
+    (run.work / "checkpoint").mkdir()
+    (run.work / ".checkpoint.x1y2.partial").mkdir()  # killed while writing the next one
+    RunDir(tmp_path, "r1").begin(resume=True)
+    assert sorted(p.name for p in run.work.iterdir()) == ["checkpoint"]
+    # killed between parking the old checkpoint and moving the new one in
+    (run.work / "checkpoint").replace(run.work / ".checkpoint.old")
+    (run.work / ".checkpoint.old" / "state.json").write_text("{}")
+    (run.work / ".checkpoint.q9.partial").mkdir()
+    RunDir(tmp_path, "r1").begin(resume=True)
+    assert sorted(p.name for p in run.work.iterdir()) == ["checkpoint"]
+    assert (run.work / "checkpoint" / "state.json").read_text() == "{}"
+
+
 def test_resume_without_checkpoint_and_bad_names(tmp_path):
     with pytest.raises(ConfigError, match="nothing to resume"):
         RunDir(tmp_path, "r2").begin(resume=True)

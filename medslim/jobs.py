@@ -469,10 +469,9 @@ def _val_score(model, data, cfg: dict) -> float:
 
 
 def _pruned_name(run: Path, method: str, flops_ratio, params_ratio, options) -> str:
-    if flops_ratio is not None:
-        return f"{run.name}-{method}-f{flops_ratio:g}"
-    if params_ratio is not None:
-        return f"{run.name}-{method}-p{params_ratio:g}"
+    targets = [f"{tag}{value:g}" for tag, value in (("f", flops_ratio), ("p", params_ratio)) if value is not None]
+    if targets:
+        return "-".join([run.name, method, *targets])
     if method == "channel_scaling":
         return f"{run.name}-{method}"
     return f"{run.name}-{method}-{(options or {}).get('latency_ms', 0):g}ms"

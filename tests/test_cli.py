@@ -136,6 +136,11 @@ def test_prune_writes_a_smaller_run_that_loads_and_exports(tmp_path, shared_data
     from medslim.cost import count_params
 
     assert count_params(load(pruned)) < count_params(load(runs / "base"))
+    # both targets: the run is named after both, and both hold
+    assert main(["prune", str(runs / "base"), "--method", "l1", "--flops-ratio", "0.6", "--params-ratio", "0.4",
+                 "--quiet", "--no-cost"]) == 0
+    both = json.loads((runs / "base-l1-f0.6-p0.4" / "results.json").read_text())
+    assert both["flops_ratio"] <= 0.6 * 1.001 and both["params_ratio"] <= 0.4 * 1.001
     # a Dice tolerance of 1 always holds (the undo itself is tested in test_pruning_pruner)
     assert main(["prune", str(runs / "base"), "--method", "l1", "--flops-ratio", "0.5", "--schedule",
                  "iterative", "--steps", "2", "--dice-tolerance", "1", "--name", "tol", "--quiet",

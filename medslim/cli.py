@@ -281,6 +281,7 @@ def cmd_evaluate(args) -> int:
 
     metrics = evaluate_run(args.run, args.split, args.data)
     _print_results(metrics, f"{args.split} metrics ({args.run})")
+    _note_if_hypernetwork(args.run)
     return 0
 
 
@@ -289,6 +290,7 @@ def cmd_cost(args) -> int:
 
     report = cost_run(args.model, args.threads, args.repeats, not args.no_onnx, args.input_shape)
     _print_results(report, f"cost of {args.model}")
+    _note_if_hypernetwork(args.model)
     return 0
 
 
@@ -297,7 +299,25 @@ def cmd_export(args) -> int:
 
     info = export_run(args.model, args.output, args.input_shape)
     print(f"wrote {info['path']} (max |ONNX - PyTorch| = {info['max_abs_diff']:.2e})")
+    _note_if_hypernetwork(args.model)
     return 0
+
+
+def _note_if_hypernetwork(folder: str | Path) -> None:
+    """A hypernetwork run answers at one phi, weight generation included: say which, and what to use."""
+    try:
+        spec = json.loads((Path(folder) / "model.json").read_text())["model"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if not isinstance(spec, dict) or spec.get("name") != "sshn":
+        return
+    low, high = spec.get("phi_range", (0.0, 0.5))
+    phi, which = ((spec["phi"], "its set phi") if spec.get("phi") is not None
+                  else ((low + high) / 2, "the middle of its range"))
+    print(f"medslim: note: {folder} is a scale-space hypernetwork: this was its forward at phi={phi:g} "
+          f"({which}), generating the weights included; `medslim sshn sweep {folder}` "
+          f"measures every phi, `medslim sshn export {folder} --phi X` gives the U-Net to deploy",
+          file=sys.stderr)
 
 
 def cmd_prune(args) -> int:

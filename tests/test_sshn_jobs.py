@@ -60,10 +60,12 @@ def test_sweep_measures_every_phi_and_marks_the_front(hyper_run, capsys):
     assert (hyper_run / "sweep-val.png").stat().st_size > 1000
 
 
-def test_pruning_the_hypernetwork_itself_points_to_export(hyper_run, capsys):
+def test_prune_and_cost_on_the_hypernetwork_itself_point_to_export(hyper_run, capsys):
     assert main(["prune", str(hyper_run), "--method", "l1", "--flops-ratio", "0.5", "--quiet"]) == 2
     assert f"export a U-Net at one phi and prune that run: medslim sshn export {hyper_run}" in capsys.readouterr().err
     assert not list(hyper_run.parent.glob("*-l1-*")) and not list(hyper_run.parent.glob(".*partial"))
+    assert main(["cost", str(hyper_run), "--threads", "1", "--repeats", "2", "--no-onnx"]) == 0
+    assert "is a scale-space hypernetwork: this was its forward at phi=0.25" in capsys.readouterr().err
 
 
 def test_export_gives_a_plain_unet_run_that_every_command_takes(hyper_run, tmp_path, capsys):

@@ -186,3 +186,29 @@ def test_latency_target_bisects_on_measured_latency(monkeypatch):
     assert small.medslim_pruning.target == {"latency_ms": pytest.approx(full_ms * 0.4), "threads": 1}
     with pytest.raises(PruningError, match="latency_ms=.* cannot be reached"):
         prune(net, X2, method="l1", latency_ms=full_ms * 1e-4)
+
+
+def test_your_own_criterion_is_one_small_class():
+    from medslim.pruning.criteria import Criterion, per_producer_sum
+
+    class Reversed(Criterion):
+        """The opposite of L1: keeps the weakest filters (so the choice is visible)."""
+
+        name = "reversed_l1"
+
+        def _scores(self, model, graph, data=None):
+            return {g.id: -per_producer_sum(model, g, lambda w: w.abs().sum(dim=1))
+                    for g in graph.prunable_groups()}
+
+    net = _unet()
+    mine = prune(net, X2, method=Reversed(), flops_ratio=0.5, scope="local")
+    l1 = prune(net, X2, method="l1", flops_ratio=0.5, scope="local")
+    assert mine.medslim_pruning.method == "reversed_l1"
+    assert count_flops(mine, X2) == count_flops(l1, X2)  # the same widths, other channels
+    first = next(m for m in mine.modules() if isinstance(m, torch.nn.Conv2d))
+    first_l1 = next(m for m in l1.modules() if isinstance(m, torch.nn.Conv2d))
+    assert first.weight.abs().sum() < first_l1.weight.abs().sum()
+    with pytest.raises(ConfigError, match="go to the criterion's constructor"):
+        prune(net, X2, method=Reversed(), flops_ratio=0.5, batches=2)
+    with pytest.raises(ConfigError, match="a criterion name or a Criterion object, got 3"):
+        prune(net, X2, method=3, flops_ratio=0.5)

@@ -18,7 +18,7 @@ import copy
 import heapq
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -26,6 +26,9 @@ from torch import nn
 from medslim.errors import ConfigError, unknown_name
 from medslim.pruning.graph import ChannelGroup, DependencyGraph, PruningError
 from medslim.pruning.surgery import prune_channels
+
+if TYPE_CHECKING:
+    from medslim.pruning.criteria import Criterion
 
 SCOPES = ("global", "local")
 NORMALIZERS = ("mean", "max", "l2", "none")
@@ -64,7 +67,7 @@ class PruneReport:
                 **({"rounds": self.rounds} if self.rounds else {})}
 
 
-def prune(model: nn.Module, example_input, method: str = "l1", flops_ratio: float | None = None,
+def prune(model: nn.Module, example_input, method: str | Criterion = "l1", flops_ratio: float | None = None,
           params_ratio: float | None = None, data: Iterable | None = None, *,
           latency_ms: float | None = None, latency_threads: int = 1, scope: str = "global",
           max_fraction: float = 0.9, round_to: int = 1, ignored: Sequence = (), steps: int = 1,
@@ -78,9 +81,11 @@ def prune(model: nn.Module, example_input, method: str = "l1", flops_ratio: floa
         model: any network the dependency graph can trace (the original is
             left untouched unless ``inplace``).
         example_input: a tensor of the shape the model will see (batch 1 is fine).
-        method: a criterion name (``medslim.pruning.criteria.CRITERIA``) or
-            ``"uniform"``: every layer keeps the same fraction and the weights
-            are re-initialised, the uniform-width baseline trained from scratch.
+        method: a criterion name (``medslim.pruning.criteria.CRITERIA``), a
+            :class:`~medslim.pruning.criteria.Criterion` object (your own
+            scores: subclass it and implement ``_scores``), or ``"uniform"``:
+            every layer keeps the same fraction and the weights are
+            re-initialised, the uniform-width baseline trained from scratch.
         flops_ratio / params_ratio: the fraction of FLOPs / parameters to keep.
         latency_ms: instead, a measured PyTorch latency at the example's batch
             with ``latency_threads`` threads: the FLOPs ratio is found by
@@ -156,7 +161,7 @@ def prune(model: nn.Module, example_input, method: str = "l1", flops_ratio: floa
             break
         steps_done = step
     model.train(was_training)
-    report = PruneReport(method, target, flops0, flops_now, params0, count_params(model),
+    report = PruneReport(_method_name(method), target, flops0, flops_now, params0, count_params(model),
                          steps_done, scope, layer_widths(model), notes)
     model.medslim_pruning = report
     return model
@@ -474,10 +479,19 @@ def layer_widths(model: nn.Module) -> dict[str, list[int]]:
             for name, m in model.named_modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))}
 
 
-def _criterion_for(method: str, data, options: dict):
-    """The scoring criterion ``method`` names, refused here if it cannot run as called."""
-    from medslim.pruning.criteria import CRITERIA, get_criterion
+def _criterion_for(method, data, options: dict):
+    """The scoring criterion ``method`` names (or is), refused here if it cannot run as called."""
+    from medslim.pruning.criteria import CRITERIA, Criterion, get_criterion
 
+    if isinstance(method, Criterion):
+        if options:
+            raise ConfigError(f"options {sorted(options)} go to the criterion's constructor when "
+                              f"method is a Criterion object, not to prune()")
+        if method.needs_data and data is None:
+            raise ConfigError(f"criterion {_method_name(method)!r} needs data: pass data=<batches>")
+        return method
+    if not isinstance(method, str):
+        raise ConfigError(f"method must be a criterion name or a Criterion object, got {method!r:.60}")
     if method == "channel_scaling":
         raise ConfigError("channel_scaling trains while it prunes: call medslim.pruning.channel_scaling"
                           "(model, example_input, train=...) or `medslim prune RUN --method channel_scaling`")
@@ -487,6 +501,11 @@ def _criterion_for(method: str, data, options: dict):
     if criterion.needs_data and data is None:
         raise ConfigError(f"pruning method {method!r} needs data: pass data=<batches>")
     return criterion
+
+
+def _method_name(method) -> str:
+    """What the report records: the name, or a Criterion object's ``name`` (else its class)."""
+    return method if isinstance(method, str) else (getattr(method, "name", "") or type(method).__name__)
 
 
 def check_target(flops_ratio, params_ratio) -> dict[str, float]:

@@ -12,7 +12,7 @@ import inspect
 from typing import Any
 
 from medslim.errors import ConfigError, unknown_name
-from medslim.pruning.criteria.base import Criterion, DataCriterion
+from medslim.pruning.criteria.base import Criterion, DataCriterion, per_producer_sum
 from medslim.pruning.criteria.bn_scale import Slimming, bn_l1_penalty, slimming_subgradient
 from medslim.pruning.criteria.bn_stats import BNStats
 from medslim.pruning.criteria.fpgm import FPGM
@@ -45,4 +45,4 @@ def get_criterion(name: str, **options: Any) -> Criterion:
 
 
 __all__ = ["CRITERIA", "Criterion", "DataCriterion", "bn_l1_penalty", "criterion_options",
-           "get_criterion", "slimming_subgradient"]
+           "get_criterion", "per_producer_sum", "slimming_subgradient"]

@@ -461,7 +461,7 @@ def run_compare(source: str | Path, overrides: list[str] = (), data_path: str | 
     base_run = _make_base(plan, data_path, progress, stages)
     made: list[tuple[Entry, Path]] = [(plan.base, base_run)]
     for i, entry in enumerate(plan.entries, start=2):
-        stages.begin(i, entry.label, _what(entry))
+        stages.begin(i, entry.label, _what(entry, plan))
         made += [(entry, run) for run in _make(entry, plan, base_run, data_path, progress)]
         stages.end()
     stages.begin(len(plan.entries) + 2, "cost", f"measuring {len(made)} models, {plan.measure['threads']} "
@@ -534,17 +534,32 @@ def _check_resumable(plan: Plan) -> None:
                           f"{plan.runs / changed[0] if changed[0] != 'base' else plan.folder} to make it again")
 
 
-def _what(entry: Entry) -> str:
+def _what(entry: Entry, plan: Plan) -> str:
     if entry.run is not None:
         return f"importing {entry.run}"
+    if all((run / "results.json").exists() for run in _outputs(entry, plan)):
+        return "made before: kept"
     epochs = entry.settings.get("finetune_epochs")
     return {"prune": "pruning" + (f" + fine-tuning {epochs} epoch{'s' if epochs > 1 else ''}" if epochs else ""),
             "sauron": "training with Sauron", "sshn": f"training a hypernetwork, exporting {len(entry.phis)} U-Nets",
             "lowres": "training at low resolution", "import": "importing"}[entry.kind]
 
 
+def _outputs(entry: Entry, plan: Plan) -> list[Path]:
+    """The run folders an entry that is not imported makes."""
+    if entry.kind == "sshn":
+        return [plan.runs / _export_name(entry, phi) for phi in entry.phis]
+    return [plan.runs / entry.label]
+
+
+def _export_name(entry: Entry, phi: float) -> str:
+    return f"{entry.label}-phi{phi:g}"
+
+
 def _make_base(plan: Plan, data_path, progress: bool, stages) -> Path:
-    stages.begin(1, "base", "importing" if plan.base.run else "training the base model")
+    made = (plan.runs / plan.base.label / "results.json").exists()
+    stages.begin(1, "base", "importing" if plan.base.run else
+                 "made before: kept" if made else "training the base model")
     run = plan.base.run or _train(copy.deepcopy(plan.base.train_cfg), plan.runs, data_path, progress)
     stages.end()
     return run
@@ -595,7 +610,7 @@ def _make_sshn(entry: Entry, plan: Plan, data_path, progress: bool) -> list[Path
     hyper = entry.run or _train(copy.deepcopy(entry.train_cfg), plan.runs, data_path, progress, train=train_sshn)
     out = []
     for phi in entry.phis:
-        name = f"{entry.label}-phi{phi:g}"
+        name = _export_name(entry, phi)
         final = plan.runs / name
         if not (final / "results.json").exists():
             export_sshn(hyper, phi, output=plan.runs, name=name, data_path=data_path)

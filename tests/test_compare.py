@@ -86,13 +86,16 @@ def test_every_row_says_how_to_make_it_again(finished):
     assert "medslim sshn export" in rows["sshn-phi0.5"]["reproduce"]
 
 
-def test_running_again_resumes_without_making_anything_again(finished, shared_data):
+def test_running_again_resumes_without_making_anything_again(finished, shared_data, capsys):
     config, folder = finished
     made = sorted((folder / "runs").glob("*/model.safetensors")) + sorted(folder.glob("costs/*.json"))
     assert len(made) >= 14  # 7 models and their costs
     before = {p: p.stat().st_mtime_ns for p in made}
-    run_compare(config, data_path=str(shared_data), progress=False)
+    run_compare(config, data_path=str(shared_data), progress=True)
     assert {p: p.stat().st_mtime_ns for p in made} == before
+    said = capsys.readouterr().err
+    for label in ("base", "l1-f0.5", "uniform-f0.5", "sauron", "sshn", "lowres-16"):
+        assert f"] {label}: made before: kept" in said, label
     assert len(read_table(folder)["rows"]) == 7
 
 

@@ -45,6 +45,10 @@ def report_paths(paths: list[Path], output: Path | None = None) -> Path:
     for p in paths:
         if not p.is_dir():
             raise ConfigError(f"{p}: no such folder")
+    for p in paths:
+        if not (p / "table.json").exists() and not (p / "results.json").exists():
+            raise ConfigError(f"{p} is neither a comparison folder (table.json) nor a finished run "
+                              "(results.json)")
     if output is None:
         if len(paths) > 1 or not (paths[0] / "table.json").exists():
             raise ConfigError("several inputs, or run folders: give --output FOLDER for the report")

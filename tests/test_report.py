@@ -93,8 +93,10 @@ def test_report_never_replaces_a_folder_of_other_files(tmp_path):
     assert (docs / "notes.md").read_text() == "mine"
     with pytest.raises(ConfigError, match="give --output"):
         report_paths([a, a])
-    with pytest.raises(ConfigError, match="not a finished medslim comparison|neither a comparison"):
+    with pytest.raises(ConfigError, match="docs is neither a comparison folder"):
         report_paths([tmp_path / "docs"], tmp_path / "r")
+    with pytest.raises(ConfigError, match="docs is neither a comparison folder"):
+        report_paths([tmp_path / "docs"])  # named, rather than asked for an --output
 
 
 def test_report_command_line(tmp_path, capsys):

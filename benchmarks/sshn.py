@@ -146,7 +146,8 @@ def train_all(args) -> None:
 def sweep_phis(spec: str = SWEEP) -> list[float]:
     from medslim.sshn_jobs import parse_phis
 
-    return parse_phis(spec) + list(OUTSIDE)
+    phis = parse_phis(spec)
+    return phis + [phi for phi in OUTSIDE if phi not in phis]  # a list that names them already
 
 
 def sweep_hyper(run: Path, args) -> dict:

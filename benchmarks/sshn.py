@@ -403,6 +403,8 @@ def main(argv=None) -> int:
     data = {"seeds": merged_seeds(previous.get("raw", {}).get("seeds", []), fresh)}
     fixed_phis = [*previous.get("fixed_phis", [])]
     fixed_phis += [phi for phi in args.fixed_phis if phi not in fixed_phis]
+    # only factors some seed has a fixed U-Net at: a report of other models adds no empty rows
+    fixed_phis = [phi for phi in fixed_phis if any(f"{phi:g}" in s["fixed"] for s in data["seeds"])]
     seed0 = Path(args.runs) / run_name(args.dataset, "sshn", args.seeds[0])
     report = {"dataset": args.dataset, "seeds_used": [s["seed"] for s in data["seeds"] if s["sweeps"]],
               "epochs": args.epochs, "fixed_phis": fixed_phis,

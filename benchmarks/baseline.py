@@ -53,6 +53,7 @@ def run_name(dataset: str, seed: int, args) -> str:
 def train_one(dataset: str, seed: int, args) -> Path:
     from medslim.config import load_config
     from medslim.jobs import train_run
+    from medslim.runs import resumable
 
     run = Path(args.runs) / run_name(dataset, seed, args)
     if (run / "results.json").exists():
@@ -65,7 +66,7 @@ def train_one(dataset: str, seed: int, args) -> Path:
     if args.full_size and dataset == "kvasir":
         overrides.append("data.size=[256,256]")
     cfg = load_config(CONFIGS[dataset], overrides)
-    resume = (Path(args.runs) / f".{run.name}.partial" / "checkpoint").exists()
+    resume = resumable(args.runs, run.name)
     return train_run(cfg, data_path=args.data, resume=resume, progress=True)
 
 

@@ -100,12 +100,13 @@ def config(arm: str, size: int, seed: int, args) -> dict:
 
 def train(arm: str, size: int, seed: int, args) -> Path:
     from medslim.jobs import train_run
+    from medslim.runs import resumable
 
     name = run_name(arm, size, seed)
     run = Path(args.runs) / name
     if (run / "results.json").exists() or args.report_only:
         return run
-    resume = (Path(args.runs) / f".{name}.partial" / "checkpoint").exists()
+    resume = resumable(args.runs, name)
     print(f"training {name}", flush=True)
     return train_run(config(arm, size, seed, args), data_path=args.data, resume=resume, progress=False)
 

@@ -119,6 +119,7 @@ def trained_variant(dataset: str, seed: int, name: str, args, overrides: list[st
     """The run ``name``: the dataset's baseline config with ``overrides``; trained unless finished."""
     from medslim.config import load_config
     from medslim.jobs import train_run
+    from medslim.runs import resumable
 
     run = Path(args.runs) / name
     if (run / "results.json").exists() or args.report_only:
@@ -128,7 +129,7 @@ def trained_variant(dataset: str, seed: int, name: str, args, overrides: list[st
     if args.full_size and dataset == "kvasir":
         overrides.append("data.size=[256,256]")
     cfg = load_config(CONFIGS[dataset], overrides)
-    resume = (Path(args.runs) / f".{name}.partial" / "checkpoint").exists()
+    resume = resumable(args.runs, name)
     return train_run(cfg, data_path=args.data, resume=resume, progress=False)
 
 

@@ -95,6 +95,7 @@ def run_name(dataset: str, model: str, seed: int, phi: float | None = None) -> s
 def train(dataset: str, model: str, seed: int, args, phi: float | None = None) -> Path:
     from medslim.config import load_config
     from medslim.jobs import train_run
+    from medslim.runs import resumable
 
     name = run_name(dataset, model, seed, phi)
     run = Path(args.runs) / name
@@ -108,7 +109,7 @@ def train(dataset: str, model: str, seed: int, args, phi: float | None = None) -
         overrides.append(f"train.lr={LOW_LR}")
     cfg = load_config(CONFIGS[dataset], overrides)
     cfg["model"] = model_spec(cfg["model"], model, phi)
-    resume = (Path(args.runs) / f".{name}.partial" / "checkpoint").exists()
+    resume = resumable(args.runs, name)
     print(f"training {name}", flush=True)
     return train_run(cfg, data_path=args.data, resume=resume, progress=False)
 
@@ -146,8 +147,7 @@ def train_all(args) -> None:
 def sweep_phis(spec: str = SWEEP) -> list[float]:
     from medslim.sshn_jobs import parse_phis
 
-    phis = parse_phis(spec)
-    return phis + [phi for phi in OUTSIDE if phi not in phis]  # a list that names them already
+    return list(dict.fromkeys([*parse_phis(spec), *OUTSIDE]))  # each once, in the order first named
 
 
 def sweep_hyper(run: Path, args) -> dict:

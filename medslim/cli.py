@@ -215,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """medslim's own warnings as one line, like its errors; other libraries' as Python prints them."""
-    if filename.startswith(str(Path(__file__).parent)):
+    from medslim.errors import MedslimWarning
+
+    if issubclass(category, MedslimWarning):
         print(f"medslim: warning: {message}", file=sys.stderr)
     else:
         sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
@@ -305,15 +307,16 @@ def cmd_export(args) -> int:
 
 def _note_if_hypernetwork(folder: str | Path) -> None:
     """A hypernetwork run answers at one phi, weight generation included: say which, and what to use."""
+    from medslim.models.sshn import forward_phi
+
     try:
         spec = json.loads((Path(folder) / "model.json").read_text())["model"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return
-    if not isinstance(spec, dict) or spec.get("name") != "sshn":
-        return
-    low, high = spec.get("phi_range", (0.0, 0.5))
-    phi, which = ((spec["phi"], "its set phi") if spec.get("phi") is not None
-                  else ((low + high) / 2, "the middle of its range"))
+        if spec.get("name") != "sshn":
+            return
+        phi = forward_phi(**{k: spec[k] for k in ("phi_range", "phi") if spec.get(k) is not None})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):
+        return  # the command itself read this manifest; a note is not worth an error
+    which = "its set phi" if spec.get("phi") is not None else "the middle of its range"
     print(f"medslim: note: {folder} is a scale-space hypernetwork: this was its forward at phi={phi:g} "
           f"({which}), generating the weights included; `medslim sshn sweep {folder}` "
           f"measures every phi, `medslim sshn export {folder} --phi X` gives the U-Net to deploy",

@@ -248,8 +248,12 @@ def _check_made_on(run: Path, dataset: str, where: str) -> None:
         made_on = json.loads((run / "results.json").read_text()).get("dataset")
     except (OSError, ValueError, AttributeError) as err:
         raise ConfigError(f"{where}: cannot read {run / 'results.json'}: {err}") from None
+    _require_dataset(run, made_on, dataset, where=f"{where}: ", whose=" (the base's)")
+
+
+def _require_dataset(run: Path, made_on: Any, dataset: str, where: str = "", whose: str = "") -> None:
     if made_on != dataset:
-        raise ConfigError(f"{where}: {run} was made on {made_on!r}, not {dataset!r} (the base's): "
+        raise ConfigError(f"{where}{run} was made on {made_on!r}, not {dataset!r}{whose}: "
                           "it cannot share a table with this comparison")
 
 
@@ -534,10 +538,15 @@ def _check_resumable(plan: Plan) -> None:
                           f"{plan.runs / changed[0] if changed[0] != 'base' else plan.folder} to make it again")
 
 
+def _finished(run: Path) -> bool:
+    """A run folder appears only when its command finished; results.json is its last file."""
+    return (run / "results.json").exists()
+
+
 def _what(entry: Entry, plan: Plan) -> str:
     if entry.run is not None:
         return f"importing {entry.run}"
-    if all((run / "results.json").exists() for run in _outputs(entry, plan)):
+    if all(_finished(run) for run in _outputs(entry, plan)):
         return "made before: kept"
     epochs = entry.settings.get("finetune_epochs")
     return {"prune": "pruning" + (f" + fine-tuning {epochs} epoch{'s' if epochs > 1 else ''}" if epochs else ""),
@@ -557,7 +566,7 @@ def _export_name(entry: Entry, phi: float) -> str:
 
 
 def _make_base(plan: Plan, data_path, progress: bool, stages) -> Path:
-    made = (plan.runs / plan.base.label / "results.json").exists()
+    made = _finished(plan.runs / plan.base.label)
     stages.begin(1, "base", "importing" if plan.base.run else
                  "made before: kept" if made else "training the base model")
     run = plan.base.run or _train(copy.deepcopy(plan.base.train_cfg), plan.runs, data_path, progress)
@@ -568,13 +577,13 @@ def _make_base(plan: Plan, data_path, progress: bool, stages) -> Path:
 def _train(cfg: dict, runs: Path, data_path, progress: bool, train=None) -> Path:
     """Train into ``runs/<name>``, or keep it if finished, or resume it if interrupted."""
     from medslim.jobs import train_run
+    from medslim.runs import resumable
 
     cfg["output"] = str(runs)
-    final, partial = runs / cfg["name"], runs / f".{cfg['name']}.partial"
-    if (final / "results.json").exists():
+    final = runs / cfg["name"]
+    if _finished(final):
         return final
-    resume = (partial / "checkpoint").exists()
-    return (train or train_run)(cfg, data_path=data_path, resume=resume, progress=progress)
+    return (train or train_run)(cfg, data_path=data_path, resume=resumable(runs, cfg["name"]), progress=progress)
 
 
 def _make(entry: Entry, plan: Plan, base_run: Path, data_path, progress: bool) -> list[Path]:
@@ -591,7 +600,7 @@ def _make_pruned(entry: Entry, plan: Plan, base_run: Path, data_path, progress: 
     from medslim.jobs import prune_run
 
     final = plan.runs / entry.label
-    if (final / "results.json").exists():
+    if _finished(final):
         return final
     s = entry.settings
     return prune_run(base_run, entry.method, s.get("flops_ratio"), s.get("params_ratio"),
@@ -605,17 +614,17 @@ def _make_pruned(entry: Entry, plan: Plan, base_run: Path, data_path, progress: 
 
 
 def _make_sshn(entry: Entry, plan: Plan, data_path, progress: bool) -> list[Path]:
+    """The exported U-Nets; the hypernetwork is trained (or resumed) only while one is missing."""
     from medslim.sshn_jobs import export_sshn, train_sshn
 
-    hyper = entry.run or _train(copy.deepcopy(entry.train_cfg), plan.runs, data_path, progress, train=train_sshn)
-    out = []
-    for phi in entry.phis:
-        name = _export_name(entry, phi)
-        final = plan.runs / name
-        if not (final / "results.json").exists():
-            export_sshn(hyper, phi, output=plan.runs, name=name, data_path=data_path)
-        out.append(final)
-    return out
+    outputs = _outputs(entry, plan)
+    missing = [(phi, run) for phi, run in zip(entry.phis, outputs) if not _finished(run)]
+    if missing:
+        hyper = entry.run or _train(copy.deepcopy(entry.train_cfg), plan.runs, data_path, progress,
+                                    train=train_sshn)
+        for phi, run in missing:
+            export_sshn(hyper, phi, output=plan.runs, name=run.name, data_path=data_path)
+    return outputs
 
 
 # --------------------------------------------------------------- the table
@@ -633,10 +642,7 @@ def check_compatible(run: Path, dataset: str, signature: str) -> None:
     from medslim.artifacts import load_manifest
 
     load_manifest(run)  # refuses non-medslim and newer-format models with a clear message
-    results = json.loads((run / "results.json").read_text())
-    if results.get("dataset") != dataset:
-        raise ConfigError(f"{run} was made on {results.get('dataset')!r}, not {dataset!r}: "
-                          "it cannot share a table with this comparison")
+    _require_dataset(run, json.loads((run / "results.json").read_text()).get("dataset"), dataset)
     if not (run / "split.json").exists() or split_signature(run) != signature:
         raise ConfigError(f"{run} was tested on other {dataset} cases (a different split): "
                           "its numbers would not be comparable")

@@ -30,6 +30,10 @@ class DownloadError(MedslimError):
     """A dataset download that failed or did not match its checksum."""
 
 
+class MedslimWarning(UserWarning):
+    """Something the user should know that does not stop the command; the CLI prints it as one line."""
+
+
 def unknown_name(kind: str, name: str, allowed) -> ConfigError:
     """The standard message for a name that is not one of ``allowed``."""
     allowed = sorted(allowed)

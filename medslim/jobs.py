@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from medslim._io import write_json, write_text
-from medslim.errors import ConfigError, DataError
+from medslim.errors import ConfigError, DataError, MedslimWarning
 
 
 def fill_model_spec(model_cfg: dict, info) -> dict:
@@ -118,7 +118,7 @@ def start_from_pretrained(model, cfg: dict, train_data, fresh: bool = True) -> d
         if not tcfg.get("pretrained") and fresh:
             warnings.warn("train.freeze_backbone without train.pretrained freezes a randomly initialised "
                           "backbone: only the head learns (give --pretrained to transfer features)",
-                          stacklevel=2)
+                          MedslimWarning, stacklevel=2)
         trainable = freeze_backbone(model)
         out["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
         out["trainable"] = trainable
@@ -295,8 +295,11 @@ def prune_run(run: Path, method: str, flops_ratio: float | None = None, params_r
 
     cfg = read_run_config(run)
     if cfg["model"]["name"] == "sshn":
+        from medslim.models.sshn import forward_phi
+
+        phi = forward_phi(**{k: cfg["model"][k] for k in ("phi_range", "phi") if cfg["model"].get(k) is not None})
         raise ConfigError(f"{run} holds a scale-space hypernetwork, whose weights are generated per phi; "
-                          f"export a U-Net at one phi and prune that run: medslim sshn export {run} --phi 0.3")
+                          f"export a U-Net at one phi and prune that run: medslim sshn export {run} --phi {phi:g}")
     model = load(run)
     _check_keep(model, keep, method, external, run)
     _check_finetune(finetune_epochs, finetune_lr)

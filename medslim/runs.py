@@ -34,6 +34,11 @@ def _missing_folders(path: Path) -> list[Path]:
     return missing
 
 
+def resumable(output: str | Path, name: str) -> bool:
+    """Whether ``output/.<name>.partial`` holds a checkpoint to resume (see ``RunDir.can_resume``)."""
+    return RunDir(output, name).can_resume()
+
+
 class RunDir:
     def __init__(self, output: str | Path, name: str):
         if not NAME.match(name):
@@ -43,11 +48,21 @@ class RunDir:
         self.work = Path(output) / f".{name}.partial"
         self._made: list[Path] = []  # output folders begin() created, removed again by abandon()
 
+    def can_resume(self) -> bool:
+        """Whether the work folder holds a checkpoint, after tidying a write cut by a kill.
+
+        Callers that resume on their own (compare, the benchmarks) ask this
+        rather than look for ``checkpoint``: a kill can leave it parked under
+        another name, and ``begin(resume=False)`` would then delete it.
+        """
+        if self.work.is_dir():
+            self._recover_checkpoint()
+        return (self.work / "checkpoint").exists()
+
     def begin(self, resume: bool = False, overwrite: bool = False) -> Path:
         """Prepare the work folder; refuse before any work if the run exists."""
         if resume:
-            self._recover_checkpoint()
-            if not (self.work / "checkpoint").exists():
+            if not self.can_resume():
                 where = f"; {self.final} is already complete" if self.final.exists() else ""
                 raise ConfigError(f"nothing to resume: no checkpoint in {self.work}{where}")
             return self.work

@@ -118,6 +118,7 @@ def test_pruning_slimming_with_its_sparsity_training_is_a_method_of_its_own(caps
 def test_sshn_sweep_lists_each_factor_once():
     assert sshn.sweep_phis("0.1,0.5,0.6,1.0") == [0.1, 0.5, 0.6, 1.0, 0.7, 0.8]
     assert sshn.sweep_phis("0.1,0.5") == [0.1, 0.5, 0.6, 0.7, 0.8, 1.0]
+    assert sshn.sweep_phis("0.1,0.1,0.6") == [0.1, 0.6, 0.7, 0.8, 1.0]
 
 
 def test_sshn_benchmark_refuses_a_bad_phi_list_before_training(capsys):

@@ -271,3 +271,22 @@ def test_bad_option_values_name_the_option_and_change_nothing(argv, message, tin
     assert message in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
     assert (sorted(p.name for p in tiny_run.parent.iterdir()), sorted(p.name for p in tiny_run.iterdir())) == before
+
+
+def test_medslim_warnings_print_as_one_line_and_others_as_python_prints_them(capsys):
+    from medslim.cli import _show_warning
+    from medslim.errors import MedslimWarning
+
+    _show_warning(MedslimWarning("a frozen backbone"), MedslimWarning, "/anywhere/x.py", 3)
+    # a library's warning attributed to a medslim line (stacklevel) keeps its category and place
+    _show_warning(UserWarning("from torch"), UserWarning, sys.modules["medslim.cli"].__file__, 7)
+    err = capsys.readouterr().err
+    assert err.startswith("medslim: warning: a frozen backbone\n")
+    assert "cli.py:7: UserWarning: from torch" in err and "medslim: warning: from torch" not in err
+    assert issubclass(MedslimWarning, UserWarning)  # pytest.warns(UserWarning) and filters still match
+    with pytest.warns(MedslimWarning, match="freezes a randomly initialised"):
+        from medslim.jobs import start_from_pretrained
+        from medslim.models import build_model
+
+        net = build_model({"name": "vgg16_bn", "in_channels": 1, "num_classes": 2, "width": 0.0625})
+        start_from_pretrained(net, {"train": {"freeze_backbone": True}, "seed": 0}, train_data=None)

@@ -99,6 +99,17 @@ def test_running_again_resumes_without_making_anything_again(finished, shared_da
     assert len(read_table(folder)["rows"]) == 7
 
 
+def test_a_hypernetwork_is_not_trained_again_while_its_exports_are_kept(finished, shared_data):
+    config, folder = finished
+    hyper, aside = folder / "runs" / "sshn", folder / "sshn-aside"
+    hyper.replace(aside)  # the user removed it to save space; the exported U-Nets are what the table uses
+    try:
+        run_compare(config, data_path=str(shared_data), progress=False)
+        assert not hyper.exists() and not (folder / "runs" / ".sshn.partial").exists()
+    finally:
+        aside.replace(hyper)
+
+
 def test_a_label_whose_settings_changed_is_refused(finished, shared_data, tmp_path):
     config, folder = finished
     cfg = yaml.safe_load(config.read_text())

@@ -251,7 +251,7 @@ def test_export_sequence_output_compares_first(tmp_path):
 
 
 def test_a_constant_example_is_verified_on_a_seeded_random_input(tmp_path):
-    from medslim.cost.onnx_export import check_inputs
+    from medslim.cost.onnx_export import _random_if_constant
     from medslim.models import build_model
 
     # a zero image makes instance norm divide rounding noise by sqrt(eps): PyTorch and
@@ -261,10 +261,26 @@ def test_a_constant_example_is_verified_on_a_seeded_random_input(tmp_path):
     info = _check_export(unet, torch.zeros(1, 3, 32, 32), tmp_path)
     assert info["max_abs_diff"] <= 1e-4
     image = torch.randn(1, 3, 8, 8)
-    assert check_inputs((image,))[0] is image
-    replaced = check_inputs((torch.zeros(1, 3, 8, 8),))[0]
+    assert _random_if_constant((image,))[0] is image
+    replaced = _random_if_constant((torch.zeros(1, 3, 8, 8),))[0]
     assert replaced.shape == (1, 3, 8, 8) and replaced.std() > 0.5
-    assert torch.equal(replaced, check_inputs((torch.ones(1, 3, 8, 8),))[0])  # seeded
+    assert torch.equal(replaced, _random_if_constant((torch.ones(1, 3, 8, 8),))[0])  # seeded
+    scalar = torch.tensor([0.5])
+    assert _random_if_constant((torch.zeros(1, 3, 8, 8), scalar))[1] is scalar
+
+
+def test_a_constant_example_that_passes_is_not_replaced(tmp_path):
+    # the traced branch of a data-dependent model is right for the example it was traced on;
+    # checking it on a random input (the other branch) would refuse a correct file
+    with pytest.warns(UserWarning, match="fell back to the torchscript"):
+        info = _check_export(DataDependent(), torch.ones(1, 1, 4, 4), tmp_path)
+    assert info["exporter"] == "torchscript"
+
+
+def test_a_constant_example_that_fails_both_checks_names_both(tmp_path):
+    with pytest.raises(ExportError, match="max abs diff.*constant; on a seeded random input"):
+        export_onnx(Noisy(), torch.zeros(1, 1, 8, 8), tmp_path / "model.onnx")
+    assert not (tmp_path / "model.onnx").exists()
 
 
 def test_export_mismatch_raises_and_keeps_existing_file(tmp_path):

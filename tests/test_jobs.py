@@ -1,5 +1,7 @@
 """The job functions behind the commands: what they read and refuse."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -39,4 +41,6 @@ def test_a_frozen_backbone_without_pretrained_weights_is_warned_about():
     with pytest.warns(UserWarning, match="freezes a randomly initialised backbone"):
         out = start_from_pretrained(net, cfg, train_data=None)
     assert out["trainable"] and all(name.startswith("classifier") for name in out["trainable"])
-    start_from_pretrained(net, cfg, train_data=None, fresh=False)  # a resumed run is not warned again
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        start_from_pretrained(net, cfg, train_data=None, fresh=False)  # a resumed run is not warned again

@@ -212,3 +212,9 @@ def test_your_own_criterion_is_one_small_class():
         prune(net, X2, method=Reversed(), flops_ratio=0.5, batches=2)
     with pytest.raises(ConfigError, match="a criterion name or a Criterion object, got 3"):
         prune(net, X2, method=3, flops_ratio=0.5)
+
+    class Hungry(Reversed):
+        name, needs_data = "hungry", True
+
+    with pytest.raises(ConfigError, match="'hungry' needs data: pass data="):
+        prune(net, X2, method=Hungry(), flops_ratio=0.5)

@@ -2,7 +2,7 @@ import pytest
 
 from medslim._io import atomic_dir, atomic_path, write_json
 from medslim.errors import ConfigError
-from medslim.runs import RunDir
+from medslim.runs import RunDir, resumable
 
 
 def test_run_appears_only_when_committed(tmp_path):
@@ -58,6 +58,19 @@ def test_resume_tidies_what_a_kill_during_a_checkpoint_write_left(tmp_path):
     RunDir(tmp_path, "r1").begin(resume=True)
     assert sorted(p.name for p in run.work.iterdir()) == ["checkpoint"]
     assert (run.work / "checkpoint" / "state.json").read_text() == "{}"
+
+
+def test_callers_that_resume_on_their_own_see_a_parked_checkpoint(tmp_path):
+    # compare and the benchmarks decide resume=True/False themselves; a checkpoint parked by a
+    # kill must count, or begin(resume=False) would delete the training done so far
+    run = RunDir(tmp_path, "r1")
+    run.begin()
+    (run.work / ".checkpoint.old").mkdir()
+    (run.work / ".checkpoint.old" / "state.json").write_text("{}")
+    assert resumable(tmp_path, "r1") is True
+    assert (run.work / "checkpoint" / "state.json").read_text() == "{}"
+    assert resumable(tmp_path, "never-started") is False
+    assert not (tmp_path / ".never-started.partial").exists()
 
 
 def test_resume_without_checkpoint_and_bad_names(tmp_path):

@@ -62,7 +62,7 @@ def test_sweep_measures_every_phi_and_marks_the_front(hyper_run, capsys):
 
 def test_prune_and_cost_on_the_hypernetwork_itself_point_to_export(hyper_run, capsys):
     assert main(["prune", str(hyper_run), "--method", "l1", "--flops-ratio", "0.5", "--quiet"]) == 2
-    assert f"export a U-Net at one phi and prune that run: medslim sshn export {hyper_run}" in capsys.readouterr().err
+    assert f"prune that run: medslim sshn export {hyper_run} --phi 0.25\n" in capsys.readouterr().err
     assert not list(hyper_run.parent.glob("*-l1-*")) and not list(hyper_run.parent.glob(".*partial"))
     assert main(["cost", str(hyper_run), "--threads", "1", "--repeats", "2", "--no-onnx"]) == 0
     assert "is a scale-space hypernetwork: this was its forward at phi=0.25" in capsys.readouterr().err

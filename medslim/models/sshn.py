@@ -37,6 +37,12 @@ from medslim.errors import ConfigError
 from medslim.models.unet import UNet, check_phi_range, sample_phi
 
 PER_SAMPLE_NORMS = ("instance", "group", "none")
+DEFAULT_PHI_RANGE = (0.0, 0.5)
+
+
+def forward_phi(phi_range: Sequence[float] = DEFAULT_PHI_RANGE, phi: float | None = None) -> float:
+    """The factor a hypernetwork's plain forward uses: its set ``phi``, else the middle of its range."""
+    return float(phi) if phi is not None else (float(phi_range[0]) + float(phi_range[1])) / 2
 
 
 class ScaleSpaceHyperNet(nn.Module):
@@ -73,7 +79,7 @@ class ScaleSpaceHyperNet(nn.Module):
         convs_per_level: int = 2,
         norm: str = "instance",
         act: str = "leakyrelu",
-        phi_range: Sequence[float] = (0.0, 0.5),
+        phi_range: Sequence[float] = DEFAULT_PHI_RANGE,
         phi: float | None = None,
         hidden: Sequence[int] = (16, 64, 128),
         scale_features: bool = True,
@@ -87,7 +93,7 @@ class ScaleSpaceHyperNet(nn.Module):
         if not hidden or any(int(h) < 1 for h in hidden):
             raise ConfigError(f"hidden must list positive widths, got {list(hidden)}")
         self.phi_range = (float(phi_range[0]), float(phi_range[1]))
-        self.phi = float(phi) if phi is not None else sum(self.phi_range) / 2
+        self.phi = forward_phi(self.phi_range, phi)
         if not 0 <= self.phi <= 1.5:
             raise ConfigError(f"phi must be in [0, 1.5], got {phi}")
         self.feature_scale = 1.0 / int(hidden[-1]) if scale_features else 1.0

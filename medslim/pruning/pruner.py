@@ -481,15 +481,23 @@ def layer_widths(model: nn.Module) -> dict[str, list[int]]:
 
 def _criterion_for(method, data, options: dict):
     """The scoring criterion ``method`` names (or is), refused here if it cannot run as called."""
-    from medslim.pruning.criteria import CRITERIA, Criterion, get_criterion
+    from medslim.pruning.criteria import Criterion
 
     if isinstance(method, Criterion):
         if options:
             raise ConfigError(f"options {sorted(options)} go to the criterion's constructor when "
                               f"method is a Criterion object, not to prune()")
-        if method.needs_data and data is None:
-            raise ConfigError(f"criterion {_method_name(method)!r} needs data: pass data=<batches>")
-        return method
+        criterion = method
+    else:
+        criterion = _named_criterion(method, options)
+    if criterion.needs_data and data is None:
+        raise ConfigError(f"pruning method {_method_name(method)!r} needs data: pass data=<batches>")
+    return criterion
+
+
+def _named_criterion(method, options: dict):
+    from medslim.pruning.criteria import CRITERIA, get_criterion
+
     if not isinstance(method, str):
         raise ConfigError(f"method must be a criterion name or a Criterion object, got {method!r:.60}")
     if method == "channel_scaling":
@@ -497,10 +505,7 @@ def _criterion_for(method, data, options: dict):
                           "(model, example_input, train=...) or `medslim prune RUN --method channel_scaling`")
     if method not in CRITERIA:
         raise unknown_name("pruning method", method, [*CRITERIA, "uniform", "channel_scaling"])
-    criterion = get_criterion(method, **options)
-    if criterion.needs_data and data is None:
-        raise ConfigError(f"pruning method {method!r} needs data: pass data=<batches>")
-    return criterion
+    return get_criterion(method, **options)
 
 
 def _method_name(method) -> str:

@@ -11,6 +11,7 @@
     python benchmarks/engine.py --repeats 30 --round-to 8 --out benchmarks/results/engine-round8.json
     python benchmarks/engine.py --repeats 30 --round-to 8 --profile --out /tmp/engine.json   # where the time goes
     python benchmarks/engine.py --repeats 30 --round-to 8 --conv-widths 8 16 24 32 48 64 --out /tmp/engine.json
+    python benchmarks/engine.py --repeats 20 --level-widths 16,32,64,128,160 16,48,64,128,160 --out /tmp/engine.json
 
 Full and pruned model are timed in turns (one timed call each per round, after
 five untimed ones with 2 threads), so the machine's load hits both alike;
@@ -41,6 +42,18 @@ def settle_calls(threads: int) -> int:
     return 0 if threads == 1 else 5
 
 
+def timed_in_turns(paths: dict, x, threads: int, repeats: int) -> dict[str, list[float]]:
+    """Seconds of each timed call of every ONNX file's session, all timed in turns at ``threads``."""
+    from medslim.cost.latency import ort_feeds, ort_session
+    from onnx_timing import sessions_in_turns
+
+    sessions = {}
+    for k, path in paths.items():
+        session = ort_session(path, threads)
+        sessions[k] = (session, ort_feeds(session, x))
+    return sessions_in_turns(sessions, repeats, settle=settle_calls(threads))
+
+
 def time_prune(spec, shape, ratio, repeats=3) -> dict:
     from medslim.models import build_model
     from medslim.pruning import DependencyGraph, prune
@@ -67,10 +80,8 @@ def latency(spec, shape, ratio, threads, repeats, round_to=1, profile=False) -> 
     let the other session's spinning worker threads go idle.
     """
     from medslim.cost import count_flops, export_onnx
-    from medslim.cost.latency import ort_feeds, ort_session
     from medslim.models import build_model
     from medslim.pruning import prune
-    from onnx_timing import sessions_in_turns
 
     torch.manual_seed(0)
     model = build_model(spec).eval()
@@ -81,11 +92,7 @@ def latency(spec, shape, ratio, threads, repeats, round_to=1, profile=False) -> 
     with tempfile.TemporaryDirectory() as tmp:
         paths = {k: export_onnx(m, x, Path(tmp) / f"{k}.onnx")["path"] for k, m in (("full", model), ("pruned", small))}
         for t in threads:
-            sessions = {}
-            for k, path in paths.items():
-                session = ort_session(path, t)
-                sessions[k] = (session, ort_feeds(session, x))
-            times = sessions_in_turns(sessions, repeats, settle=settle_calls(t))
+            times = timed_in_turns(paths, x, t, repeats)
             full, pruned = (1e3 * statistics.median(times[k]) for k in ("full", "pruned"))
             paired = statistics.median(f / p for f, p in zip(times["full"], times["pruned"]))
             out[f"{t}t"] = {"full_ms": full, "pruned_ms": pruned, "speedup": full / pruned,
@@ -156,6 +163,54 @@ def conv_speed(widths, spatial, repeats, threads=1) -> list[dict]:
     return rows
 
 
+def level_widths(lists, shape, ratio, threads, repeats) -> dict:
+    """ONNX Runtime speed of the 3D U-Net with other widths per level, timed in turns with the full one.
+
+    The question behind it: could a pruner that allocates the FLOPs budget
+    differently across levels (a latency lookup table, as HALP) beat the
+    uniform allocation at the same FLOPs? ``speed_per_flop`` is the speed-up
+    times the FLOPs kept: 1.0 would mean the smaller network runs as fast per
+    FLOP as the full one. ``widest_full_res`` is the widest full-resolution
+    level (a multiple of 8) that fits ``ratio`` with every other level at 8
+    channels: no allocation at that ratio can keep that level any wider.
+    """
+    from medslim.cost import count_flops, export_onnx
+    from medslim.models import build_model
+
+    spec, _ = CASES["3D"]
+    full_widths = spec["channels"]
+    x = torch.randn(*shape)
+    flops0 = count_flops(build_model(spec).eval(), x)
+
+    def kept(widths):
+        return count_flops(build_model({**spec, "channels": list(widths)}).eval(), x) / flops0
+
+    widest = max((w for w in range(8, full_widths[0] + 1, 8) if kept([w] + [8] * (len(full_widths) - 1)) <= ratio),
+                 default=None)
+    models = {"full": full_widths, **{",".join(map(str, w)): w for w in lists}}
+    rows = {k: {"widths": list(w), "flops_ratio": kept(w)} for k, w in models.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {}
+        for k, widths in models.items():
+            torch.manual_seed(0)
+            net = build_model({**spec, "channels": list(widths)}).eval()
+            paths[k] = export_onnx(net, x, Path(tmp) / f"{len(paths)}.onnx")["path"]
+        for t in threads:
+            times = timed_in_turns(paths, x, t, repeats)
+            for k in paths:
+                paired = statistics.median(f / m for f, m in zip(times["full"], times[k]))
+                rows[k][f"{t}t"] = {"ms": 1e3 * statistics.median(times[k]), "speedup_paired": paired,
+                                    "speed_per_flop": paired * rows[k]["flops_ratio"]}
+    return {"ratio": ratio, "widest_full_res": widest, "rows": list(rows.values())}
+
+
+def widths_list(text: str) -> list[int]:
+    widths = [positive_int(w) for w in text.split(",")]
+    if len(widths) != len(CASES["3D"][0]["channels"]):
+        raise argparse.ArgumentTypeError(f"{text}: give {len(CASES['3D'][0]['channels'])} widths, one per level")
+    return widths
+
+
 def print_profiles(profiles: dict[str, dict]) -> None:
     """Per case and thread count, ms per call and share of each operator type, full and pruned."""
     for name, prof in profiles.items():
@@ -193,6 +248,9 @@ def main(argv=None) -> int:
                         "printed and in the JSON")
     p.add_argument("--conv-widths", type=positive_int, nargs="*", default=[],
                    help="also time one 3x3x3 convolution w -> w at the 3D input's full resolution, per width")
+    p.add_argument("--level-widths", type=widths_list, nargs="*", default=[], metavar="W0,W1,W2,W3,W4",
+                   help="also time the 3D U-Net with these widths per level against the full one "
+                        "(other allocations of the FLOPs budget)")
     p.add_argument("--out", default="benchmarks/results/engine.json")
     args = p.parse_args(argv)
     timing = time_prune(*CASES["3D"], args.ratio)
@@ -214,6 +272,15 @@ def main(argv=None) -> int:
         print(f"\none 3x3x3 convolution w -> w at {spatial}, ONNX Runtime 1 thread:")
         for r in results["conv3d_widths"]:
             print(f"  w {r['width']:4d}: {r['ms']:8.2f} ms  {r['gflops_per_s']:6.1f} GFLOP/s")
+    if args.level_widths:
+        study = level_widths(args.level_widths, CASES["3D"][1], args.ratio, args.threads, args.repeats)
+        results["level_widths_3d"] = study
+        print(f"\n3D U-Net, other widths per level (widest full-resolution level within {args.ratio:g} "
+              f"of the FLOPs: {study['widest_full_res']}):")
+        for r in study["rows"]:
+            cells = "  ".join(f"{t}t {r[f'{t}t']['ms']:7.1f} ms {r[f'{t}t']['speedup_paired']:5.2f}x "
+                              f"({r[f'{t}t']['speed_per_flop']:.2f})" for t in args.threads)
+            print(f"  {','.join(map(str, r['widths'])):22s} FLOPs {r['flops_ratio']:.3f}  {cells}")
     if args.profile:
         print_profiles({f"{name}, {t} thread{'s' if t > 1 else ''}": results[name][f"profile_{t}t"]
                         for name in CASES for t in args.threads})

@@ -1,11 +1,13 @@
 """Benchmark helpers: results added to the recorded JSON instead of replacing it (benchmarks/_merge.py and the
 reports), and ONNX Runtime timing in turns (benchmarks/onnx_timing.py)."""
 
+import argparse
 import json
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -349,3 +351,51 @@ def test_engine_op_profile_names_operators_and_the_whole_call(tmp_path):
     assert "Conv" in prof and prof["(whole call)"] > 0
     with pytest.raises(ValueError, match="calls"):
         engine.op_profile(path, x, tmp_path / "prof", calls=0)
+
+
+def test_engine_level_widths_rows_and_the_widest_full_resolution_level():
+    import engine
+
+    from medslim.cost import count_flops
+    from medslim.models import build_model
+
+    shape = (1, 1, 32, 32, 32)  # five levels: 2x2x2 voxels at the bottom
+    study = engine.level_widths([[16, 32, 64, 128, 160]], shape, 0.25, threads=[1], repeats=1)
+    full, half = study["rows"]
+    assert full["flops_ratio"] == 1.0 and full["1t"]["speed_per_flop"] == 1.0  # paired with itself
+    assert 0.2 < half["flops_ratio"] < 0.3 and half["1t"]["ms"] > 0
+    spec = engine.CASES["3D"][0]
+    x = torch.zeros(*shape)
+    flops0 = count_flops(build_model(spec).eval(), x)
+
+    def kept(w0):
+        return count_flops(build_model({**spec, "channels": [w0, 8, 8, 8, 8]}).eval(), x) / flops0
+
+    widest = study["widest_full_res"]
+    assert widest % 8 == 0 and kept(widest) <= 0.25 < kept(widest + 8)
+    with pytest.raises(argparse.ArgumentTypeError, match="5 widths"):
+        engine.widths_list("16,32")
+
+
+def test_lowres_guided_probe_starts_as_bilinear_and_pairs_seeds():
+    import lowres_guided as lg
+
+    from medslim.models import build_model
+
+    def net(guided):
+        torch.manual_seed(0)
+        backbone = build_model({"name": "unet", "spatial_dims": 2, "in_channels": 3, "out_channels": 2,
+                                "channels": [4, 8]})
+        return lg.ShrinkThenUpsample(backbone, 8, classes=2, guided=guided)
+
+    x = torch.randn(2, 3, 32, 32)
+    plain, guided = net(False).eval(), net(True).eval()
+    assert sum(p.numel() for p in guided.guide.parameters()) == 194
+    torch.testing.assert_close(guided(x), plain(x))  # the zero-initialised refinement adds nothing yet
+    up, low = guided.train()(x)
+    assert up.shape == (2, 2, 32, 32) and low.shape == (2, 2, 8, 8)
+    rows = [{"arm": "bilinear", "seed": 0, "dice": 0.5}, {"arm": "guided", "seed": 0, "dice": 0.6},
+            {"arm": "bilinear", "seed": 1, "dice": 0.7}]
+    s = lg.summary(rows)
+    assert s["guided_minus_bilinear"]["per_seed"] == [pytest.approx(0.1)]  # seed 1 has no guided row
+    assert s["bilinear"]["n"] == 2 and s["guided"]["sd"] == 0.0

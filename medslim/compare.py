@@ -151,7 +151,6 @@ def make_plan(source: str | Path, overrides: list[str] = (), data_path: str | No
     measure = _measure_settings(raw.get("measure") or {})
     base = _base_entry(raw.get("base"), folder / "runs", path)
     dataset = base.train_cfg["data"]["dataset"]
-    _check_dataset(base.train_cfg, data_path if base.run is None else None)
     classification = _is_classification(base.train_cfg)
     methods = raw.get("methods")
     if not isinstance(methods, list) or not methods:
@@ -162,6 +161,7 @@ def make_plan(source: str | Path, overrides: list[str] = (), data_path: str | No
     twice = sorted({x for x in labels if labels.count(x) > 1})
     if twice:
         raise ConfigError(f"{path}: label {twice[0]!r} is used twice; give each method a unique 'label'")
+    _check_dataset(base.train_cfg, data_path if base.run is None else None)  # after the config's own errors
     return Plan(name, folder, base, entries, measure, dataset, classification)
 
 

@@ -55,11 +55,12 @@ def train_run(cfg: dict, data_path: str | None = None, resume: bool = False,
     """Train a model as ``cfg`` says; return the finished run folder."""
     from medslim.artifacts import save
     from medslim.data.splits import load_split, save_split
-    from medslim.models import build_model
+    from medslim.models import build_model, model_class
     from medslim.progress import training_progress
     from medslim.runs import RunDir, default_name
     from medslim.training.loop import fit, seed_everything
 
+    model_class(cfg["model"].get("name"))  # a misspelt model fails before the data is looked for
     cfg["name"] = cfg.get("name") or default_name(cfg)
     run = RunDir(cfg["output"], cfg["name"])
     work = run.begin(resume=resume, overwrite=overwrite)

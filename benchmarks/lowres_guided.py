@@ -121,8 +121,9 @@ def main(argv=None) -> int:
     rows = earlier_report(out).get("rows", [])
     for seed in args.seeds:
         for arm in args.arms:
-            if any(r["arm"] == arm and r["seed"] == seed and r["size"] == args.size for r in rows):
-                continue  # measured before
+            if any((r["arm"], r["seed"], r["size"], r["output_size"], r["epochs"])
+                   == (arm, seed, args.size, args.output_size, args.epochs) for r in rows):
+                continue  # measured before with these settings
             print(f"training {arm} at {args.size} -> {args.output_size}, seed {seed}", flush=True)
             rows = merged_rows(rows, [run(arm, seed, args)])
             write(out, rows)  # after every run, so a kill loses one run at most

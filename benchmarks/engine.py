@@ -180,20 +180,20 @@ def level_widths(lists, shape, ratio, threads, repeats) -> dict:
     spec, _ = CASES["3D"]
     full_widths = spec["channels"]
     x = torch.randn(*shape)
-    flops0 = count_flops(build_model(spec).eval(), x)
 
-    def kept(widths):
-        return count_flops(build_model({**spec, "channels": list(widths)}).eval(), x) / flops0
+    def unet(widths):
+        torch.manual_seed(0)
+        return build_model({**spec, "channels": list(widths)}).eval()
 
-    widest = max((w for w in range(8, full_widths[0] + 1, 8) if kept([w] + [8] * (len(full_widths) - 1)) <= ratio),
-                 default=None)
+    flops0 = count_flops(unet(full_widths), x)
+    widest = max((w for w in range(8, full_widths[0] + 1, 8)
+                  if count_flops(unet([w] + [8] * (len(full_widths) - 1)), x) / flops0 <= ratio), default=None)
     models = {"full": full_widths, **{",".join(map(str, w)): w for w in lists}}
-    rows = {k: {"widths": list(w), "flops_ratio": kept(w)} for k, w in models.items()}
+    rows, paths = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        paths = {}
         for k, widths in models.items():
-            torch.manual_seed(0)
-            net = build_model({**spec, "channels": list(widths)}).eval()
+            net = unet(widths)
+            rows[k] = {"widths": list(widths), "flops_ratio": count_flops(net, x) / flops0}
             paths[k] = export_onnx(net, x, Path(tmp) / f"{len(paths)}.onnx")["path"]
         for t in threads:
             times = timed_in_turns(paths, x, t, repeats)

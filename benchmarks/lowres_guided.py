@@ -88,7 +88,13 @@ def run(arm: str, seed: int, args) -> dict:
             "best_epoch": result.best_epoch, "seconds": time.perf_counter() - start}
 
 
+def setting(row: dict) -> tuple[int, int, int]:
+    """What makes two rows comparable: input size, output size, epochs."""
+    return row["size"], row["output_size"], row["epochs"]
+
+
 def summary(rows: list[dict]) -> dict:
+    """Mean Dice per arm and the paired guided - bilinear difference, over rows of one setting."""
     by = {(r["arm"], r["seed"]): r for r in rows}
     out = {}
     for arm in ARMS:
@@ -115,14 +121,14 @@ def main(argv=None) -> int:
     p.add_argument("--runs", default="benchmarks/runs/lowres-guided")
     p.add_argument("--out", default="benchmarks/results/lowres-guided.json")
     args = p.parse_args(argv)
-    if args.output_size % args.size or args.epochs < 1:
-        p.error("--output-size must be a whole multiple of --size, and --epochs at least 1")
+    if min(args.size, args.output_size, args.epochs) < 1 or args.output_size % args.size:
+        p.error("--size, --output-size and --epochs must be positive, --output-size a whole multiple of --size")
     out = Path(args.out)
+    wanted = (args.size, args.output_size, args.epochs)
     rows = earlier_report(out).get("rows", [])
     for seed in args.seeds:
         for arm in args.arms:
-            if any((r["arm"], r["seed"], r["size"], r["output_size"], r["epochs"])
-                   == (arm, seed, args.size, args.output_size, args.epochs) for r in rows):
+            if any((r["arm"], r["seed"], setting(r)) == (arm, seed, wanted) for r in rows):
                 continue  # measured before with these settings
             print(f"training {arm} at {args.size} -> {args.output_size}, seed {seed}", flush=True)
             rows = merged_rows(rows, [run(arm, seed, args)])
@@ -130,7 +136,7 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"{r['arm']:9s} {r['size']:4d} seed {r['seed']}: Dice {r['dice']:.3f}  HD95 {r['hd95']:6.1f}  "
               f"+{r['added_params']} params  {r['seconds']:.0f} s")
-    s = summary([r for r in rows if r["size"] == args.size])
+    s = summary([r for r in rows if setting(r) == wanted])
     for arm in ARMS:
         if arm in s:
             print(f"{arm:9s} mean Dice {s[arm]['dice']:.3f} +- {s[arm]['sd']:.3f} ({s[arm]['n']} seeds)")
@@ -144,9 +150,10 @@ def write(out: Path, rows: list[dict]) -> None:
     from medslim._io import write_json
     from medslim.cost.measurement import environment
 
-    sizes = sorted({r["size"] for r in rows})
+    settings = sorted({setting(r) for r in rows})
+    summaries = {"{}->{} {} epochs".format(*k): summary([r for r in rows if setting(r) == k]) for k in settings}
     write_json(out, {"date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv), "environment": environment(),
-                     "summary": {str(k): summary([r for r in rows if r["size"] == k]) for k in sizes}, "rows": rows})
+                     "summary": summaries, "rows": rows})
 
 
 if __name__ == "__main__":

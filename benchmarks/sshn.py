@@ -14,6 +14,8 @@ with ``--epochs`` epochs and the final weights kept (``train.keep: last``):
   factors below 0.2 save few FLOPs, so the narrower range gives up little of
   the curve for fewer resolutions to share the weights between;
 - ``stochastic-narrow``: the Stochastic U-Net over the same U(0.2, 0.5);
+- ``sshn-wide``: the same hypernetwork over U(0.2, 0.6), so that 0.5 (where the
+  fixed U-Net is the plain halving one) lies inside the range, not at its edge;
 - ``sshn-lowlr-narrow``: ``sshn-narrow`` with Adam at 3e-4 instead of the
   configs' 1e-3 (the reference's suggested 1e-4 to 3e-4 for hypernetworks);
 - ``stochastic``: one U-Net whose weights serve every phi, phi ~ U(0, 0.5);
@@ -31,6 +33,16 @@ Prints a table, writes JSON and a Dice-vs-FLOPs plot.
     python benchmarks/sshn.py --dataset kvasir --seeds 0 1 2
     python benchmarks/sshn.py --dataset kvasir --seeds 0 --models fixed --fixed-phis 0.1 0.3  # part of it
     python benchmarks/sshn.py --dataset kvasir --seeds 0 1 2 --report-only
+
+``--fixed-from REPORT`` compares against the fixed U-Nets of an earlier
+report instead of training its own: the budget-matched comparison, where the
+hypernetwork trains for more epochs (up to the 2x wall time the target
+allows; the paper's SSHN costs about 1.8x one U-Net) than the fixed U-Nets
+it is held against:
+
+    python benchmarks/sshn.py --dataset kvasir --seeds 0 1 2 --models sshn-narrow --epochs 54 \
+        --runs benchmarks/runs/sshn-e54 --out benchmarks/results/sshn-kvasir-e54.json \
+        --fixed-from benchmarks/results/sshn-kvasir-e30.json
 """
 
 from __future__ import annotations
@@ -47,11 +59,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _merge import earlier_report  # noqa: E402
 
 SWEPT = ("sshn", "stochastic", "sshn-nonorm", "sshn-unscaled", "sshn-narrow", "stochastic-narrow",
-         "sshn-lowlr-narrow")
+         "sshn-lowlr-narrow", "sshn-wide")
 CONFIGS = {"kvasir": "kvasir-sshn", "hippocampus": "hippocampus-sshn"}
 MODELS = ("sshn", "sshn-nonorm", "sshn-unscaled", "sshn-narrow", "stochastic", "stochastic-narrow",
-          "sshn-lowlr-narrow", "fixed")
+          "sshn-lowlr-narrow", "sshn-wide", "fixed")
 NARROW_RANGE = [0.2, 0.5]
+WIDE_RANGE = [0.2, 0.6]
 LOW_LR = 3e-4  # sshn-lowlr-narrow's learning rate
 SWEEP = "0.025:0.5:20"
 OUTSIDE = (0.6, 0.7, 0.8, 1.0)
@@ -75,7 +88,14 @@ def parse_args(argv=None):
     p.add_argument("--report-only", action="store_true", help="train nothing; sweep and report")
     p.add_argument("--train-only", action="store_true", help="train; sweep and report later")
     p.add_argument("--full-size", action="store_true", help="Kvasir-SEG at 256x256 (for GPUs)")
+    p.add_argument("--fixed-from", metavar="REPORT",
+                   help="take the fixed U-Nets (Dice, HD95, FLOPs, latency; not their training seconds) from "
+                        "this earlier report instead of training and measuring them here")
     args = p.parse_args(argv)
+    if args.fixed_from:
+        if "fixed" in args.models and not args.report_only:
+            p.error("--fixed-from takes the fixed U-Nets from REPORT; drop 'fixed' from --models")
+        args.fixed_from = fixed_baseline(Path(args.fixed_from), args.dataset, p.error)
     args.out = args.out or f"benchmarks/results/sshn-{args.dataset}.json"
     from medslim.errors import ConfigError
 
@@ -84,6 +104,33 @@ def parse_args(argv=None):
     except ConfigError as err:
         p.error(str(err))
     return args
+
+
+def fixed_baseline(path: Path, dataset: str, error) -> dict:
+    """The fixed U-Nets of an earlier report: per seed, their measured rows."""
+    try:
+        report = json.loads(path.read_text())
+        seeds = report["raw"]["seeds"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        error(f"--fixed-from {path}: not a report of this benchmark ({type(err).__name__}: {err})")
+    if report.get("dataset") != dataset:
+        error(f"--fixed-from {path}: a report on {report.get('dataset')}, not {dataset}")
+    per_seed = {s["seed"]: s.get("fixed", {}) for s in seeds}
+    if not any(per_seed.values()):
+        error(f"--fixed-from {path}: it holds no fixed U-Net")
+    return {"path": str(path), "epochs": report.get("epochs"), "fixed_phis": report.get("fixed_phis", []),
+            "seeds": per_seed}
+
+
+def with_fixed_from(seeds: list[dict], baseline: dict) -> list[dict]:
+    """Each seed's own sweeps beside the fixed U-Nets of the baseline report.
+
+    Their training seconds are left behind: measured on another day, on this shared machine they do not
+    compare with this run's (time a fixed U-Net beside the hypernetwork for the ratio).
+    """
+    return [{**s, "fixed": dict(baseline["seeds"].get(s["seed"], {})),
+             "train_seconds": {k: v for k, v in s["train_seconds"].items() if not k.startswith("fixed-")}}
+            for s in seeds]
 
 
 # ---------------------------------------------------------------- training
@@ -118,14 +165,14 @@ def model_spec(sshn: dict, model: str, phi: float | None) -> dict:
     """The model section for each row, from the SSHN config's primary U-Net."""
     unet = {k: v for k, v in sshn.items() if k not in ("name", "phi_range", "hidden", "phi")}
     unet.update(name="unet", downsampling="resize")
-    low, high = NARROW_RANGE if model.endswith("-narrow") else sshn["phi_range"]
+    low, high = train_range(model, sshn["phi_range"])
     if model == "sshn":
         return sshn
     if model == "sshn-nonorm":
         return {**sshn, "norm": "none"}
     if model == "sshn-unscaled":
         return {**sshn, "scale_features": False}
-    if model in ("sshn-narrow", "sshn-lowlr-narrow"):
+    if model in ("sshn-narrow", "sshn-lowlr-narrow", "sshn-wide"):
         return {**sshn, "phi_range": [low, high]}
     if model.startswith("stochastic"):
         return {**unet, "phi": (low + high) / 2, "phi_range": [low, high]}
@@ -211,7 +258,8 @@ def collect(args) -> dict:
     for seed in args.seeds:
         runs = {m: Path(args.runs) / run_name(args.dataset, m, seed)
                 for m in SWEPT}
-        fixed = {phi: Path(args.runs) / run_name(args.dataset, "fixed", seed, phi) for phi in args.fixed_phis}
+        fixed = {} if args.fixed_from else {phi: Path(args.runs) / run_name(args.dataset, "fixed", seed, phi)
+                                            for phi in args.fixed_phis}
         entry = {"seed": seed, "sweeps": {}, "fixed": {}, "train_seconds": {}}
         for model, run in runs.items():
             if not (run / "results.json").exists():
@@ -275,6 +323,8 @@ def comparison(data: dict, fixed_phis: list[float]) -> list[dict]:
         row["narrow_minus_stochastic_narrow"] = _paired(data, phi, "sshn-narrow", "stochastic-narrow")
         row["lowlr_narrow_minus_fixed"] = _paired(data, phi, "sshn-lowlr-narrow")
         row["lowlr_narrow_minus_narrow"] = _paired(data, phi, "sshn-lowlr-narrow", "sshn-narrow")
+        row["wide_minus_fixed"] = _paired(data, phi, "sshn-wide")
+        row["wide_minus_narrow"] = _paired(data, phi, "sshn-wide", "sshn-narrow")
         rows.append(row)
     return rows
 
@@ -290,9 +340,11 @@ def _paired(data: dict, phi: float, name: str, base: str = "fixed") -> tuple[flo
     return _mean_sd(diffs)
 
 
-def train_range(name: str) -> list[float]:
-    """The phi range a swept model was trained over (the configs' [0, 0.5] but for the narrow rows)."""
-    return NARROW_RANGE if name.endswith("-narrow") else [0.0, 0.5]
+def train_range(name: str, default: list[float] = (0.0, 0.5)) -> list[float]:
+    """The phi range a swept model was trained over (the configs' [0, 0.5] but for the narrow and wide rows)."""
+    if name.endswith("-narrow"):
+        return NARROW_RANGE
+    return WIDE_RANGE if name.endswith("-wide") else list(default)
 
 
 def curve(data: dict, name: str) -> list[dict]:
@@ -319,6 +371,8 @@ def training_times(data: dict) -> list[dict]:
             row["sshn_over_fixed_mean"] = t["sshn"] / statistics.fmean(fixed)
             row["sshn_over_fixed_0.5"] = t["sshn"] / t["fixed-0.5"] if "fixed-0.5" in t else None
             row["sshn_over_fixed_grid"] = t["sshn"] / sum(fixed)
+        if "sshn-narrow" in t and "fixed-0.5" in t:
+            row["narrow_over_fixed_0.5"] = t["sshn-narrow"] / t["fixed-0.5"]
         out.append(row)
     return out
 
@@ -326,10 +380,14 @@ def training_times(data: dict) -> list[dict]:
 def print_report(report: dict) -> None:
     print(f"\nSSHN vs Fixed vs Stochastic, {report['dataset']}, test Dice mean (sd) over seeds "
           f"{report['seeds_used']}")
+    if report.get("fixed_from"):
+        print(f"(trained {report['epochs']} epochs; the fixed U-Nets, trained {report['fixed_epochs']} epochs, "
+              f"are those of {report['fixed_from']}; their training seconds are not compared)")
     rows = report["comparison"]
     shown = [n for n in ("fixed", *SWEPT) if any(r[n]["n"] for r in rows)]
     diffs = [d for d in ("sshn_minus_fixed", "narrow_minus_fixed", "narrow_minus_sshn",
-                         "narrow_minus_stochastic_narrow", "lowlr_narrow_minus_fixed", "lowlr_narrow_minus_narrow")
+                         "narrow_minus_stochastic_narrow", "lowlr_narrow_minus_fixed", "lowlr_narrow_minus_narrow",
+                         "wide_minus_fixed", "wide_minus_narrow")
              if any(r[d][0] == r[d][0] for r in rows)]  # NaN where no seed has both
     print(f"{'phi':>5} {'GFLOPs':>7} {'ORT ms':>7} " + " ".join(f"{n:>19}" for n in shown)
           + " " + " ".join(f"{d:>18}" for d in diffs))
@@ -338,7 +396,7 @@ def print_report(report: dict) -> None:
         print(f"{r['phi']:5.2f} {(r['fixed']['flops'] or 0) / 1e9:7.3f} {r['fixed']['ort_ms_1t'] or 0:7.2f} "
               + " ".join(f"{c:>19}" for c in cells) + " "
               + " ".join(f"{r[d][0]:+.4f} ({r[d][1]:.3f})".rjust(18) for d in diffs))
-    for name in ("sshn", "sshn-narrow", "stochastic-narrow", "sshn-lowlr-narrow"):
+    for name in ("sshn", "sshn-narrow", "stochastic-narrow", "sshn-lowlr-narrow", "sshn-wide"):
         if not report["curves"].get(name):
             continue
         print(f"\n{name} sweep (test, mean over seeds), trained over phi {train_range(name)}:")
@@ -363,7 +421,8 @@ def plot(report: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for name, marker in (("sshn", "o"), ("stochastic", "^"), ("sshn-nonorm", "v"), ("sshn-unscaled", "<"),
-                         ("sshn-narrow", "D"), ("stochastic-narrow", "x"), ("sshn-lowlr-narrow", "P")):
+                         ("sshn-narrow", "D"), ("stochastic-narrow", "x"), ("sshn-lowlr-narrow", "P"),
+                         ("sshn-wide", "*")):
         pts = report["curves"].get(name) or []
         inside = [p for p in pts if p["in_range"]]
         if inside:
@@ -379,7 +438,10 @@ def plot(report: dict, path: Path) -> None:
                     textcoords="offset points", xytext=(4, -8))
     ax.set_xlabel("GFLOPs per image")
     ax.set_ylabel("test Dice")
-    ax.set_title(f"{report['dataset']}, {report['epochs']} epochs: one SSHN vs {len(fixed)} fixed U-Nets")
+    fixed_epochs = report.get("fixed_epochs", report["epochs"])
+    budget = (f"{report['epochs']} epochs" if fixed_epochs == report["epochs"]
+              else f"{report['epochs']} epochs (fixed U-Nets {fixed_epochs})")
+    ax.set_title(f"{report['dataset']}, {budget}: one SSHN vs {len(fixed)} fixed U-Nets")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -401,6 +463,9 @@ def main(argv=None) -> int:
               "they are replaced")
         previous = {}
     data = {"seeds": merged_seeds(previous.get("raw", {}).get("seeds", []), fresh)}
+    if args.fixed_from:
+        data["seeds"] = with_fixed_from(data["seeds"], args.fixed_from)
+        args.fixed_phis = args.fixed_from["fixed_phis"]
     fixed_phis = [*previous.get("fixed_phis", [])]
     fixed_phis += [phi for phi in args.fixed_phis if phi not in fixed_phis]
     # only factors some seed has a fixed U-Net at: a report of other models adds no empty rows
@@ -408,6 +473,8 @@ def main(argv=None) -> int:
     seed0 = Path(args.runs) / run_name(args.dataset, "sshn", args.seeds[0])
     report = {"dataset": args.dataset, "seeds_used": [s["seed"] for s in data["seeds"] if s["sweeps"]],
               "epochs": args.epochs, "fixed_phis": fixed_phis,
+              "fixed_epochs": args.fixed_from["epochs"] if args.fixed_from else args.epochs,
+              "fixed_from": args.fixed_from["path"] if args.fixed_from else None,
               "comparison": comparison(data, fixed_phis),
               "curves": {m: curve(data, m) for m in SWEPT},
               "training_times": training_times(data), "raw": data}

@@ -149,6 +149,48 @@ def test_sshn_narrow_row_trains_over_its_own_range_and_is_compared_per_seed():
     assert [p["in_range"] for p in sshn.curve(data, "sshn")] == [True, True]
 
 
+def test_sshn_fixed_from_borrows_the_earlier_reports_fixed_unets_but_not_their_times(tmp_path):
+    earlier = {"dataset": "kvasir", "epochs": 30, "fixed_phis": [0.3, 0.5],
+               "raw": {"seeds": [{"seed": 0, "fixed": {"0.5": {"dice": 0.80}},
+                                  "sweeps": {"sshn-narrow": [{"phi": 0.5, "dice": 0.1}]},
+                                  "train_seconds": {"fixed-0.5": 900.0, "sshn-narrow": 880.0}}]}}
+    path = tmp_path / "e30.json"
+    path.write_text(json.dumps(earlier))
+    args = sshn.parse_args(["--models", "sshn-narrow", "--epochs", "54", "--fixed-from", str(path)])
+    assert args.fixed_from["epochs"] == 30 and args.fixed_from["fixed_phis"] == [0.3, 0.5]
+    own = [{"seed": 0, "sweeps": {"sshn-narrow": [{"phi": 0.5, "dice": 0.79}]}, "fixed": {"0.5": {"dice": 0.5}},
+            "train_seconds": {"sshn-narrow": 1600.0, "fixed-0.5": 1.0}},
+           {"seed": 1, "sweeps": {}, "fixed": {}, "train_seconds": {}}]
+    seeds = sshn.with_fixed_from(own, args.fixed_from)
+    assert seeds[0]["fixed"] == {"0.5": {"dice": 0.80}}  # the earlier report's, not a local one
+    assert seeds[0]["train_seconds"] == {"sshn-narrow": 1600.0}  # times of another day do not compare
+    assert seeds[0]["sweeps"]["sshn-narrow"][0]["dice"] == 0.79
+    assert seeds[1]["fixed"] == {}
+    assert sshn._paired({"seeds": seeds}, 0.5, "sshn-narrow")[0] == pytest.approx(-0.01)
+    assert "narrow_over_fixed_0.5" not in sshn.training_times({"seeds": seeds})[0]
+    paired = [{"seed": 0, "train_seconds": {"sshn-narrow": 1600.0, "fixed-0.5": 800.0}}]
+    assert sshn.training_times({"seeds": paired})[0]["narrow_over_fixed_0.5"] == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("content, message", [("{", "not a report"), ('{"raw": {}}', "not a report"),
+                                              ('{"dataset": "hippocampus", "raw": {"seeds": []}}', "hippocampus"),
+                                              ('{"dataset": "kvasir", "raw": {"seeds": [{"seed": 0}]}}',
+                                               "no fixed U-Net")])
+def test_sshn_fixed_from_refuses_a_report_it_cannot_use_and_names_it(tmp_path, capsys, content, message):
+    path = tmp_path / "other.json"
+    path.write_text(content)
+    with pytest.raises(SystemExit):
+        sshn.parse_args(["--models", "sshn-narrow", "--fixed-from", str(path)])
+    err = capsys.readouterr().err
+    assert "other.json" in err and message in err
+
+
+def test_sshn_fixed_from_refuses_to_train_fixed_unets_too(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        sshn.parse_args(["--models", "sshn-narrow", "fixed", "--fixed-from", str(tmp_path / "x.json")])
+    assert "drop 'fixed'" in capsys.readouterr().err
+
+
 def test_sauron_budget_names_its_runs_by_what_differs_from_the_paper(capsys):
     import sauron_budget
 

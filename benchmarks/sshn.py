@@ -90,7 +90,8 @@ def parse_args(argv=None):
     p.add_argument("--full-size", action="store_true", help="Kvasir-SEG at 256x256 (for GPUs)")
     p.add_argument("--fixed-from", metavar="REPORT",
                    help="take the fixed U-Nets (Dice, HD95, FLOPs, latency; not their training seconds) from "
-                        "this earlier report instead of training and measuring them here")
+                        "this earlier report instead of training and measuring them here; their factors "
+                        "replace --fixed-phis")
     args = p.parse_args(argv)
     if args.fixed_from:
         if "fixed" in args.models and not args.report_only:
@@ -110,16 +111,16 @@ def fixed_baseline(path: Path, dataset: str, error) -> dict:
     """The fixed U-Nets of an earlier report: per seed, their measured rows."""
     try:
         report = json.loads(path.read_text())
-        seeds = report["raw"]["seeds"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        per_seed = {s["seed"]: dict(s.get("fixed") or {}) for s in report["raw"]["seeds"]}
+        epochs = report["epochs"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
         error(f"--fixed-from {path}: not a report of this benchmark ({type(err).__name__}: {err})")
     if report.get("dataset") != dataset:
         error(f"--fixed-from {path}: a report on {report.get('dataset')}, not {dataset}")
-    per_seed = {s["seed"]: s.get("fixed", {}) for s in seeds}
     if not any(per_seed.values()):
         error(f"--fixed-from {path}: it holds no fixed U-Net")
-    return {"path": str(path), "epochs": report.get("epochs"), "fixed_phis": report.get("fixed_phis", []),
-            "seeds": per_seed}
+    phis = sorted({float(phi) for fixed in per_seed.values() for phi in fixed})
+    return {"path": str(path), "epochs": epochs, "fixed_phis": phis, "seeds": per_seed}
 
 
 def with_fixed_from(seeds: list[dict], baseline: dict) -> list[dict]:
@@ -340,11 +341,11 @@ def _paired(data: dict, phi: float, name: str, base: str = "fixed") -> tuple[flo
     return _mean_sd(diffs)
 
 
-def train_range(name: str, default: list[float] = (0.0, 0.5)) -> list[float]:
+def train_range(name: str, default: tuple[float, float] = (0.0, 0.5)) -> list[float]:
     """The phi range a swept model was trained over (the configs' [0, 0.5] but for the narrow and wide rows)."""
     if name.endswith("-narrow"):
-        return NARROW_RANGE
-    return WIDE_RANGE if name.endswith("-wide") else list(default)
+        return list(NARROW_RANGE)
+    return list(WIDE_RANGE) if name.endswith("-wide") else list(default)
 
 
 def curve(data: dict, name: str) -> list[dict]:
@@ -449,8 +450,21 @@ def plot(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def check_same_fixed_unets(previous: dict, args, out: Path) -> None:
+    """Refuse to merge into a report whose fixed U-Nets come from elsewhere: the rows and the epochs the
+    report names for them would be mixed up."""
+    def where(path):
+        return str(Path(path).resolve()) if path else None
+
+    theirs, ours = previous.get("fixed_from"), args.fixed_from["path"] if args.fixed_from else None
+    if previous and where(theirs) != where(ours):
+        raise SystemExit(f"{out}: its fixed U-Nets come from {theirs or 'its own runs'}, this run's from "
+                         f"{ours or 'its own runs'}; give the same --fixed-from or another --out")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    check_same_fixed_unets(earlier_report(Path(args.out)), args, Path(args.out))  # before hours of training
     if not args.report_only:
         train_all(args)
     if args.train_only:
@@ -458,6 +472,7 @@ def main(argv=None) -> int:
     fresh = collect(args)["seeds"]
     out = Path(args.out)
     previous = earlier_report(out)
+    check_same_fixed_unets(previous, args, out)
     if previous and previous.get("epochs") != args.epochs:
         print(f"{out}: its results were trained for {previous.get('epochs')} epochs, not {args.epochs}; "
               "they are replaced")
@@ -466,6 +481,10 @@ def main(argv=None) -> int:
     if args.fixed_from:
         data["seeds"] = with_fixed_from(data["seeds"], args.fixed_from)
         args.fixed_phis = args.fixed_from["fixed_phis"]
+        missing = [s["seed"] for s in data["seeds"] if not s["fixed"]]
+        if missing:
+            print(f"note: {args.fixed_from['path']} has no fixed U-Net for seed(s) {missing}; "
+                  "they are left out of the paired differences")
     fixed_phis = [*previous.get("fixed_phis", [])]
     fixed_phis += [phi for phi in args.fixed_phis if phi not in fixed_phis]
     # only factors some seed has a fixed U-Net at: a report of other models adds no empty rows

@@ -157,7 +157,7 @@ def test_sshn_fixed_from_borrows_the_earlier_reports_fixed_unets_but_not_their_t
     path = tmp_path / "e30.json"
     path.write_text(json.dumps(earlier))
     args = sshn.parse_args(["--models", "sshn-narrow", "--epochs", "54", "--fixed-from", str(path)])
-    assert args.fixed_from["epochs"] == 30 and args.fixed_from["fixed_phis"] == [0.3, 0.5]
+    assert args.fixed_from["epochs"] == 30 and args.fixed_from["fixed_phis"] == [0.5]  # the factors it holds
     own = [{"seed": 0, "sweeps": {"sshn-narrow": [{"phi": 0.5, "dice": 0.79}]}, "fixed": {"0.5": {"dice": 0.5}},
             "train_seconds": {"sshn-narrow": 1600.0, "fixed-0.5": 1.0}},
            {"seed": 1, "sweeps": {}, "fixed": {}, "train_seconds": {}}]
@@ -174,8 +174,11 @@ def test_sshn_fixed_from_borrows_the_earlier_reports_fixed_unets_but_not_their_t
 
 @pytest.mark.parametrize("content, message", [("{", "not a report"), ('{"raw": {}}', "not a report"),
                                               ('{"dataset": "hippocampus", "raw": {"seeds": []}}', "hippocampus"),
-                                              ('{"dataset": "kvasir", "raw": {"seeds": [{"seed": 0}]}}',
-                                               "no fixed U-Net")])
+                                              ('{"dataset": "kvasir", "epochs": 30, "raw": {"seeds": [{"seed": 0}]}}',
+                                               "no fixed U-Net"),
+                                              ('{"dataset": "kvasir", "raw": {"seeds": [{"seed": 0}]}}', "epochs"),
+                                              ('{"dataset": "kvasir", "epochs": 30, "raw": {"seeds": [3]}}',
+                                               "not a report")])
 def test_sshn_fixed_from_refuses_a_report_it_cannot_use_and_names_it(tmp_path, capsys, content, message):
     path = tmp_path / "other.json"
     path.write_text(content)
@@ -183,6 +186,21 @@ def test_sshn_fixed_from_refuses_a_report_it_cannot_use_and_names_it(tmp_path, c
         sshn.parse_args(["--models", "sshn-narrow", "--fixed-from", str(path)])
     err = capsys.readouterr().err
     assert "other.json" in err and message in err
+
+
+def test_sshn_report_refuses_to_mix_fixed_unets_of_another_origin(tmp_path):
+    earlier = tmp_path / "e30.json"
+    earlier.write_text(json.dumps({"dataset": "kvasir", "epochs": 30,
+                                   "raw": {"seeds": [{"seed": 0, "fixed": {"0.5": {"dice": 0.8}}}]}}))
+    out = tmp_path / "e54.json"
+    out.write_text(json.dumps({"epochs": 54, "fixed_from": str(earlier), "raw": {"seeds": []}}))
+    own = sshn.parse_args(["--models", "sshn-narrow", "--epochs", "54", "--out", str(out)])
+    with pytest.raises(SystemExit, match="e30.json"):  # it would label borrowed 30-epoch rows as its own
+        sshn.check_same_fixed_unets(json.loads(out.read_text()), own, out)
+    same = sshn.parse_args(["--models", "sshn-narrow", "--epochs", "54", "--out", str(out),
+                            "--fixed-from", str(earlier)])
+    sshn.check_same_fixed_unets(json.loads(out.read_text()), same, out)
+    assert same.fixed_from["fixed_phis"] == [0.5]  # the borrowed factors, not the --fixed-phis default
 
 
 def test_sshn_fixed_from_refuses_to_train_fixed_unets_too(tmp_path, capsys):

@@ -97,6 +97,7 @@ def parse_args(argv=None):
         if "fixed" in args.models and not args.report_only:
             p.error("--fixed-from takes the fixed U-Nets from REPORT; drop 'fixed' from --models")
         args.fixed_from = fixed_baseline(Path(args.fixed_from), args.dataset, p.error)
+        args.fixed_phis = args.fixed_from["fixed_phis"]
     args.out = args.out or f"benchmarks/results/sshn-{args.dataset}.json"
     from medslim.errors import ConfigError
 
@@ -452,12 +453,12 @@ def plot(report: dict, path: Path) -> None:
 
 def check_same_fixed_unets(previous: dict, args, out: Path) -> None:
     """Refuse to merge into a report whose fixed U-Nets come from elsewhere: the rows and the epochs the
-    report names for them would be mixed up."""
+    report names for them would be mixed up. (A report of other epochs is replaced, not merged.)"""
     def where(path):
         return str(Path(path).resolve()) if path else None
 
     theirs, ours = previous.get("fixed_from"), args.fixed_from["path"] if args.fixed_from else None
-    if previous and where(theirs) != where(ours):
+    if previous and previous.get("epochs") == args.epochs and where(theirs) != where(ours):
         raise SystemExit(f"{out}: its fixed U-Nets come from {theirs or 'its own runs'}, this run's from "
                          f"{ours or 'its own runs'}; give the same --fixed-from or another --out")
 
@@ -480,7 +481,6 @@ def main(argv=None) -> int:
     data = {"seeds": merged_seeds(previous.get("raw", {}).get("seeds", []), fresh)}
     if args.fixed_from:
         data["seeds"] = with_fixed_from(data["seeds"], args.fixed_from)
-        args.fixed_phis = args.fixed_from["fixed_phis"]
         missing = [s["seed"] for s in data["seeds"] if not s["fixed"]]
         if missing:
             print(f"note: {args.fixed_from['path']} has no fixed U-Net for seed(s) {missing}; "
